@@ -1,0 +1,164 @@
+"""The model interface and registry.
+
+A model is an `nn.Module` subclass of `BenchModel`, registered by name with
+`@register_model("name")`. It is built as `cls(spec, task, **hparams)`, receives only
+`Batch` objects (already corrupted by the harness) and returns a `ModelOutput`.
+
+- `output = "classification"`: `scores` are log-probabilities (B, C) with C = 3 for
+  `binary` (neg/neu/pos) and 7 for `seven`; scored by `metrics.classification_metrics`.
+- `output = "regression"`: `scores` are (B,) sentiment scores; scored by
+  `metrics.regression_metrics`.
+- `joint` (B, d) is the joint representation when the model has one (needed by MACI and
+  the Fig. 8 scatter).
+- `training = "one-to-all"` (one model for every test rate) or `"one-to-one"` (one model
+  per rate, trained at that rate).
+
+The generic trainer calls `prepare(train_split)` once (training data only, e.g. class means),
+then `train_step(clean, corrupted, optimizer)` per batch; the default step is one task-loss
+step on the corrupted batch. Models with counterfactual scoring set `counterfactual = True`
+and implement `counterfactual_scores(batch)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mer_bench.data.batch import Batch
+from mer_bench.data.schema import DataSpec, Split
+from mer_bench.registry import Registry
+
+N_CLASSES = {"binary": 3, "seven": 7}
+
+
+@dataclass
+class ModelOutput:
+    scores: torch.Tensor
+    joint: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class BenchModel(nn.Module):
+    """Base class of every registered model. Subclasses set the class attributes below."""
+
+    output: ClassVar[str] = "classification"
+    training: ClassVar[str] = "one-to-all"
+    counterfactual: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    lr: ClassVar[float] = 1e-3
+
+    def __init__(self, spec: DataSpec, task: str, **hparams: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.task = task
+        self.n_classes = N_CLASSES[task]
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown hyper-parameters {sorted(unknown)}")
+        self.hparams = {**self.defaults, **hparams}
+
+    # --- hooks -----------------------------------------------------------------
+    def prepare(self, train: Split, cf_vocab: np.ndarray | None = None) -> None:
+        """Called once before training with the training split only (never valid/test) and,
+        for counterfactual models, the bias-word token ids built on that training split."""
+
+    def prepare_eval(self, split: Split) -> None:
+        """Only under the official-compat switch `split_class_means`: the harness shows the
+        model the split it is about to score (the official MCM reads that split's labels).
+        Never called in the default behaviour; recorded in provenance when it is."""
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def task_loss(self, out: ModelOutput, batch: Batch) -> torch.Tensor:
+        if self.output == "regression":
+            return F.l1_loss(out.scores.view(-1), batch.y_reg)
+        return F.nll_loss(out.scores, batch.target(self.task))
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+
+    def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
+        """One optimisation step; returns scalar losses for logging."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.task_loss(self(corrupted), corrupted)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def counterfactual_scores(self, batch: Batch) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def n_parameters(self, exclude_text_encoder: bool = True) -> int:
+        """Trainable parameter count, excluding a text encoder held as `self.text_encoder`."""
+        skip = set()
+        enc = getattr(self, "text_encoder", None)
+        if exclude_text_encoder and isinstance(enc, nn.Module):
+            skip = {id(p) for p in enc.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type[BenchModel]
+    description: str
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, description: str = "") -> Callable[[type[BenchModel]], type[BenchModel]]:
+    """Class decorator: register a `BenchModel` subclass under `name`."""
+
+    def deco(cls: type[BenchModel]) -> type[BenchModel]:
+        doc = description or (cls.__doc__ or "").strip().splitlines()[0]
+        MODELS.register(name, ModelEntry(name, cls, doc))
+        return cls
+
+    return deco
+
+
+_LOADED = False
+
+
+def load_builtin_models() -> Registry[ModelEntry]:
+    """Import the packages that register the built-in models (CIDer and the baselines)."""
+    global _LOADED
+    if not _LOADED:
+        import baselines  # noqa: F401
+        import cider  # noqa: F401
+
+        _LOADED = True
+    return MODELS
+
+
+# Wrappers compose with any registered model by name: "dlf+maci" is MACI around `dlf`.
+# A wrapper is called as `wrapper(base_model, **wrapper_hparams) -> BenchModel`.
+WRAPPERS: Registry[Callable[..., BenchModel]] = Registry("model wrapper")
+
+
+def model_names() -> list[str]:
+    """Every buildable name: registered models (wrappers compose as `base+wrapper`)."""
+    return load_builtin_models().names()
+
+
+def build_model(name: str, spec: DataSpec, task: str, **hparams: Any) -> BenchModel:
+    """Build `name` (or `base+wrapper`, e.g. `dlf+maci`); hparams go to the base model,
+    except keys prefixed `<wrapper>.` which go to the wrapper."""
+    base_name, *wrappers = name.split("+")
+    entry = load_builtin_models().get(base_name)
+    base_hp = {k: v for k, v in hparams.items() if "." not in k}
+    model = entry.cls(spec, task, **base_hp)
+    for w in wrappers:
+        wrap = WRAPPERS.get(w)
+        prefix = f"{w}."
+        model = wrap(model, **{k[len(prefix):]: v for k, v in hparams.items() if k.startswith(prefix)})
+    return model
