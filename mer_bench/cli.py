@@ -273,6 +273,13 @@ def cmd_tune(a: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit code 2, as for every user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def _common_data(p: argparse.ArgumentParser, dataset_default: str | None = "synth-mosi") -> None:
     p.add_argument("--dataset", default=dataset_default, help="dataset name (see `ls datasets`)")
     p.add_argument("--variant", default="unaligned", choices=["aligned", "unaligned"])
@@ -303,7 +310,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="mer-bench",
         description="Benchmark robust multimodal emotion recognition under missing modalities "
         "and distribution shift.",

@@ -8,11 +8,16 @@ another.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mer_bench.data.schema import MMDataset
+from mer_bench.errors import UserError
 from mer_bench.registry import Registry
 
 # loader(variant, data_root, scale) -> MMDataset (iid)
@@ -30,3 +35,203 @@ class DatasetEntry:
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+# ----------------------------------------------------------------------------- loaders
+def _synth_loader(name: str) -> Loader:
+    def load(variant: str, data_root: Path | None, scale: float | None) -> MMDataset:
+        from mer_bench.data.mmsa import read_mmsa_pickle
+        from mer_bench.data.synth import (
+            GENERATOR_VERSION,
+            cache_path,
+            read_sidecar,
+            split_counts,
+            synthesize,
+        )
+
+        path = cache_path(name, variant, None, scale)
+        side = read_sidecar(path)
+        if not path.is_file() or side is None or side.get("version") != GENERATOR_VERSION:
+            synthesize(name, variant=variant, scale=scale)  # first use: generate into the cache
+            side = read_sidecar(path) or {}
+        meta = {
+            "synthetic": True,
+            "generator_version": side.get("version"),
+            "seed": side.get("seed"),
+            "scale": scale,
+            "sidecar": f"{path}.json",
+        }
+        return read_mmsa_pickle(
+            path, name, variant, expected_counts=split_counts(name, scale), meta=meta
+        )
+
+    return load
+
+
+def _real_loader(name: str) -> Loader:
+    def load(variant: str, data_root: Path | None, scale: float | None) -> MMDataset:
+        from mer_bench.data.manifest import EXPECTED_COUNTS
+        from mer_bench.data.mmsa import find_mmsa_file, read_mmsa_pickle
+
+        path = find_mmsa_file(data_root, name, variant)
+        ds = read_mmsa_pickle(path, name, variant, expected_counts=EXPECTED_COUNTS[name])
+        return shrink(ds, scale)
+
+    return load
+
+
+def shrink(ds: MMDataset, scale: float | None) -> MMDataset:
+    """Keep an evenly spaced fraction `scale` of each split (real data; for quick runs)."""
+    if scale is None or scale == 1:
+        return ds
+    if not 0 < scale <= 1:
+        raise UserError(f"--scale must be in (0, 1], got {scale}")
+    splits = {}
+    for s, split in ds.splits.items():
+        k = max(1, min(len(split), int(round(len(split) * scale))))
+        splits[s] = split.subset(np.unique(np.linspace(0, len(split) - 1, k).round().astype(int)))
+    return MMDataset(ds.name, ds.variant, splits, ds.source, ds.sha256, {**ds.meta, "scale": scale})
+
+
+DATASETS.register(
+    "synth-mosi",
+    DatasetEntry(
+        "synth-mosi", "synthetic", ("aligned", "unaligned"),
+        "embedded MOSI-shaped synthetic set (1284/229/686; 768/5/20), generated on first use",
+        _synth_loader("synth-mosi"),
+    ),
+)
+DATASETS.register(
+    "synth-mosei",
+    DatasetEntry(
+        "synth-mosei", "synthetic", ("aligned", "unaligned"),
+        "embedded MOSEI-shaped synthetic set (16326/1871/4659; 768/74/35); use --scale",
+        _synth_loader("synth-mosei"),
+    ),
+)
+DATASETS.register(
+    "mosi",
+    DatasetEntry(
+        "mosi", "real", ("aligned", "unaligned"),
+        "CMU-MOSI, MMSA features: <data-root>/MOSI/Processed/{aligned,unaligned}_50.pkl",
+        _real_loader("mosi"), cross_partner="mosei",
+    ),
+)
+DATASETS.register(
+    "mosei",
+    DatasetEntry(
+        "mosei", "real", ("aligned", "unaligned"),
+        "CMU-MOSEI, MMSA features: <data-root>/MOSEI/Processed/{aligned,unaligned}_50.pkl",
+        _real_loader("mosei"), cross_partner="mosi",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- load_dataset
+DISTRIBUTIONS = ("iid", "ood", "cross")
+_CACHE: OrderedDict[tuple, MMDataset] = OrderedDict()
+
+
+def _cache_budget() -> int:
+    """Bytes of datasets kept in memory ($MER_BENCH_DATA_CACHE_MB, default 6000); the most
+    recently used dataset is always kept."""
+    try:
+        return int(float(os.environ.get("MER_BENCH_DATA_CACHE_MB", "6000")) * 2**20)
+    except ValueError:
+        return 6000 * 2**20
+
+
+def _nbytes(ds: MMDataset) -> int:
+    total = 0
+    for split in ds.splits.values():
+        for key in ("text", "audio", "vision", "text_bert"):
+            arr = getattr(split, key)
+            total += 0 if arr is None else arr.nbytes
+    return total
+
+
+def clear_cache() -> None:
+    """Forget every in-process dataset (tests, or to free memory between grids)."""
+    _CACHE.clear()
+
+
+def _cached(key: tuple, build: Callable[[], MMDataset]) -> MMDataset:
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    ds = build()
+    _CACHE[key] = ds
+    budget = _cache_budget()
+    while len(_CACHE) > 1 and sum(_nbytes(d) for d in _CACHE.values()) > budget:
+        _CACHE.popitem(last=False)
+    return ds
+
+
+def _is_path(name: str) -> bool:
+    return name.endswith((".pkl", ".pickle", ".joblib")) or os.sep in name or Path(name).is_file()
+
+
+def load_dataset(
+    name: str,
+    variant: str = "unaligned",
+    distribution: str = "iid",
+    task: str = "binary",
+    data_root: str | os.PathLike | None = None,
+    scale: float | None = None,
+) -> MMDataset:
+    """The one entry point to data: a registered name (or a path to an MMSA pickle), a variant,
+    and a distribution (`iid`, `ood` repartition, `cross` dataset). Results are cached in
+    process, so a grid loads each dataset once; arrays are shared, never copied."""
+    if distribution not in DISTRIBUTIONS:
+        raise UserError(f"unknown distribution {distribution!r}; choose one of: iid, ood, cross")
+    if variant not in ("aligned", "unaligned"):
+        raise UserError(f"unknown variant {variant!r}; choose aligned or unaligned")
+    if task not in ("binary", "seven"):
+        raise UserError(f"unknown task {task!r}; choose binary or seven")
+    root = None if data_root is None else str(data_root)
+    scale = None if scale is None or float(scale) == 1.0 else float(scale)
+
+    if name not in DATASETS and _is_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"{path}: no such dataset file (or register a dataset name)")
+        stat = path.stat()
+        file_key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+        def read_file() -> MMDataset:
+            from mer_bench.data.mmsa import read_mmsa_pickle
+
+            return read_mmsa_pickle(path, path.stem, None)
+
+        if distribution == "cross":
+            raise UserError("the cross distribution needs a registered dataset with a partner")
+        base = _cached((*file_key, scale), lambda: shrink(read_file(), scale))
+        if distribution == "iid":
+            return base
+        from mer_bench.data.ood import apply_ood
+
+        return _cached((*file_key, scale, "ood", task),
+                       lambda: apply_ood(base, task=task, data_root=data_root))
+
+    entry = DATASETS.get(name)
+    if variant not in entry.variants:
+        raise UserError(f"dataset {name!r} has no {variant!r} variant; choose {entry.variants}")
+    iid_key = (name, variant, "iid", root, scale)
+    if distribution == "iid":
+        return _cached(
+            iid_key, lambda: entry.loader(variant, None if root is None else Path(root), scale)
+        )
+    if distribution == "ood":
+        from mer_bench.data.ood import apply_ood
+
+        base = _cached(
+            iid_key, lambda: entry.loader(variant, None if root is None else Path(root), scale)
+        )
+        return _cached((name, variant, "ood", task, root, scale),
+                       lambda: apply_ood(base, task=task, data_root=data_root))
+    from mer_bench.data.cross import load_cross
+
+    return _cached(
+        (name, variant, "cross", task, root, scale),
+        lambda: load_cross(name, variant=variant, task=task, data_root=data_root, scale=scale),
+    )

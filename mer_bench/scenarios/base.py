@@ -205,3 +205,64 @@ class Scenario:
         sample ids); the distribution does not change the masks."""
         rngs = sample_rngs(seed, f"test|{self.mode.name}", ids)
         return self.mode.fn(lengths, point.rate, rngs)
+
+
+# ----------------------------------------------------------------------------- mask helpers
+# Shared by the mode modules and the training policies (added by the scenarios helper).
+MODALITY_ORDER = ("text", "audio", "vision")
+
+
+def check_rate(rate: object, what: str = "missing rate") -> float:
+    """A scalar rate as a float in [0, 1]; anything else is a one-line `UserError`."""
+    from mer_bench.errors import UserError
+
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise UserError(f"{what} must be a number in [0, 1], got {rate!r}")
+    r = float(rate)
+    if not 0.0 <= r <= 1.0:
+        raise UserError(f"{what} must be in [0, 1], got {r}")
+    return r
+
+
+def rate_triple(rate: Rate) -> tuple[float, float, float]:
+    """(text, audio, vision) rates from a scalar (all equal) or a 3-sequence."""
+    from mer_bench.errors import UserError
+
+    if isinstance(rate, (tuple, list, np.ndarray)):
+        if len(rate) != 3:
+            raise UserError(f"a per-modality rate needs 3 values (text, audio, vision), got {rate!r}")
+        t, a, v = (check_rate(x) for x in rate)
+        return (t, a, v)
+    r = check_rate(rate)
+    return (r, r, r)
+
+
+def draw_uniforms(rngs: Sequence[np.random.Generator], n: int) -> np.ndarray:
+    """(B, n) float64 uniforms in [0, 1), row i drawn by `rngs[i]` in one call.
+
+    Why one call per sample for the full padded width: a sample's uniforms then depend only
+    on its own generator, never on the batch it sits in."""
+    out = np.empty((len(rngs), n), dtype=np.float64)
+    for i, g in enumerate(rngs):
+        g.random(out=out[i])
+    return out
+
+
+def split_modalities(lengths: Lengths, u: np.ndarray) -> dict[str, np.ndarray]:
+    """Views of (B, L_t + L_a + L_v) uniforms as text | audio | vision blocks."""
+    lt, la, _ = lengths.sizes
+    return {"text": u[:, :lt], "audio": u[:, lt : lt + la], "vision": u[:, lt + la :]}
+
+
+def threshold_drops(
+    lengths: Lengths, u: dict[str, np.ndarray], rates: dict[str, float | np.ndarray]
+) -> Drops:
+    """drop = (u < rate) on droppable positions only. `rates[m]` is a scalar or a (B, 1)
+    per-sample array; thresholding fixed uniforms at a higher rate only adds drops (nesting)."""
+    return {m: (u[m] < rates[m]) & lengths.droppable(m) for m in MODALITY_ORDER}
+
+
+def no_drops(lengths: Lengths) -> Drops:
+    """All-False masks (complete data) of the batch's padded shapes."""
+    b = len(lengths)
+    return {m: np.zeros((b, s), dtype=bool) for m, s in zip(MODALITY_ORDER, lengths.sizes)}

@@ -1,0 +1,210 @@
+"""Small layers shared by the transformer baselines.
+
+Why one place: several baselines need the same pieces (sinusoidal positions, masked pooling,
+multi-head attention with key-padding masks, a pre-LN encoder), and they must all agree on
+one rule for padding: a query whose keys are all padding (an empty or fully padded modality)
+attends to nothing and gets a zero context vector instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal_positions(
+    length: int,
+    dim: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Fixed sin/cos position table (length, dim), Vaswani et al.; odd `dim` drops the last cos."""
+    pos = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
+    )
+    table = torch.zeros(length, dim, dtype=torch.float32, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table if dtype is None else table.to(dtype)
+
+
+def lengths_to_valid(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_len) bool, True at real positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid time steps (B, T, D) -> (B, D); rows without valid steps give zeros."""
+    w = valid.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (cross-)attention with bias-free q/k/v projections and a biased output
+    projection; `key_valid` (B, L_k) masks padded keys.
+
+    `dim_head` defaults to dim // heads; some baselines (LNLN) use a wider inner size.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int | None = None,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim_head is None:
+            if dim % heads:
+                raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            dim_head = dim // heads
+        inner = heads * dim_head
+        context_dim = context_dim or dim
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, self.dim_head).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_valid: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, L_q, D) attends over context (B, L_k, D_c) (x itself when None); `value`
+        overrides the tensor the values are projected from (LNLN normalises k and v apart)."""
+        context = x if context is None else context
+        value = context if value is None else value
+        q, k, v = (
+            self._split(self.to_q(x)),
+            self._split(self.to_k(context)),
+            self._split(self.to_v(value)),
+        )
+        mask = any_valid = None
+        if key_valid is not None:
+            any_valid = key_valid.any(dim=-1)
+            # A row with no valid key would softmax over -inf only (NaN): let it see every key
+            # and zero its output below.
+            mask = (key_valid | ~any_valid[:, None])[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        if any_valid is not None:
+            out = out * any_valid.to(out.dtype)[:, None, None]
+        return self.to_out(out)
+
+
+class FeedForward(nn.Module):
+    """Position-wise Linear-GELU-Linear block with dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PreLNEncoderLayer(nn.Module):
+    """Pre-LN transformer layer: x + Attn(LN(x), LN_c(context)), then x + FF(LN(x)).
+
+    Self-attention when `cross=False`; with `cross=True` the context gets its own LayerNorm.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        cross: bool = False,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.cross = cross
+        self.norm = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(context_dim or dim) if cross else None
+        self.attn = MultiHeadAttention(dim, heads, context_dim=context_dim, dropout=attn_dropout)
+        self.drop = nn.Dropout(dropout)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, ff_dim, dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`key_valid` masks the keys: x's own positions, or the context's when `cross`."""
+        h = self.norm(x)
+        if self.cross:
+            if context is None:
+                raise ValueError("a cross-attention layer needs a context")
+            ctx = self.norm_context(context)
+        else:
+            ctx = h
+        x = x + self.drop(self.attn(h, ctx, key_valid))
+        return x + self.ff(self.norm_ff(x))
+
+
+class PreLNEncoder(nn.Module):
+    """A stack of `PreLNEncoderLayer`s with an optional final LayerNorm."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        cross: bool = False,
+        context_dim: int | None = None,
+        final_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            PreLNEncoderLayer(dim, heads, ff_dim, dropout, attn_dropout, cross, context_dim)
+            for _ in range(depth)
+        )
+        self.final = nn.LayerNorm(dim) if final_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, key_valid, context)
+        return self.final(x)
+
+
+class SafeBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that falls back to its running statistics for a training batch of one
+    sample (plain BatchNorm raises there; the harness's last batch can hold a single row)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)

@@ -1,0 +1,212 @@
+"""The Multimodal Composite Transformer (MCT) and its Multimodal Composite Attention (MCA).
+
+Why this file: MCA is CIDer's fusion (paper eqs. 7-12). One shared q/k/v projection gives one
+score tensor S over the concatenated [text | audio | vision] tokens; seven branches (LAV, LA,
+LV, AV, L, A, V) attend over different key subsets of S, each with its own output projection;
+per modality the four branches that contain it are concatenated and summarised (s_l/s_a/s_v),
+then `final_out_proj` mixes the result.
+
+Speed: the official code builds seven masked copies of S (N x N each). Here S is split into its
+3 x 3 (query modality, key modality) blocks; each block's exponentials, row sums and weighted
+values are computed once, and a branch over a key subset is their log-sum-exp combination.
+That is exactly the masked softmax (a -1e9 mask gives exp(-1e9) = 0) at the cost of one
+attention instead of seven, and it supports unequal modality lengths (the `no_wsam` ablation).
+Rows a branch excludes are never used by the summarisation, so they are not computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Branch order of the official `out_proj[0..6]`, with the key modalities each attends to.
+BRANCHES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("LAV", (0, 1, 2)),
+    ("LA", (0, 1)),
+    ("LV", (0, 2)),
+    ("AV", (1, 2)),
+    ("L", (0,)),
+    ("A", (1,)),
+    ("V", (2,)),
+)
+# For query modality m: the branches containing m, in branch order (text: LAV, LA, LV, L; ...).
+MODALITY_BRANCHES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(i for i, (_, keys) in enumerate(BRANCHES) if m in keys) for m in range(3)
+)
+
+
+def xavier_linear(d_in: int, d_out: int) -> nn.Linear:
+    """Linear layer with xavier-uniform weight and zero bias (the official init for
+    attention projections and the FFN)."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def sinusoidal_table(n: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """(n, dim) sin/cos table, sin on even and cos on odd channels (Vaswani et al.)."""
+    pos = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(1e4) / dim))
+    table = torch.zeros(n, dim, dtype=torch.float32, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table if dtype is None else table.to(dtype)
+
+
+def add_positions(x: torch.Tensor, by_batch: bool) -> torch.Tensor:
+    """x (B, N, E) plus sinusoidal positions indexed by time step, or, reproducing the official
+    bug (`batch_pe`), by the sample's position in the batch (added at every time step)."""
+    b, n, e = x.shape
+    if by_batch:
+        return x + sinusoidal_table(b, e, x.device, x.dtype).unsqueeze(1)
+    return x + sinusoidal_table(n, e, x.device, x.dtype).unsqueeze(0)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, e = x.shape
+    return x.view(b, n, heads, e // heads).transpose(1, 2)  # (B, H, N, dh)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class MCA(nn.Module):
+    """Multimodal Composite Attention over tokens laid out as [T_l | T_a | T_v]."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.dim, self.heads, self.attn_dropout = dim, heads, attn_dropout
+        self.scaling = (dim // heads) ** -0.5
+        self.in_proj = xavier_linear(dim, 3 * dim)
+        self.out_proj = nn.ModuleList([xavier_linear(dim, dim) for _ in BRANCHES])
+        self.s_l = nn.Linear(4 * dim, dim)
+        self.s_a = nn.Linear(4 * dim, dim)
+        self.s_v = nn.Linear(4 * dim, dim)
+        self.final_out_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, lens: tuple[int, int, int], need_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, E) -> (B, N, E) and, if asked, the raw scaled scores S (B, H, N, N)."""
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        q = _heads(q * self.scaling, self.heads)
+        k, v = _heads(k, self.heads), _heads(v, self.heads)
+        cut = (0, lens[0], lens[0] + lens[1], sum(lens))
+        # The score tensor S = q k^T, computed block by block (slicing one materialised S
+        # would make autograd zero-fill an N x N gradient per slice).
+        qs = [q[:, :, cut[m] : cut[m + 1]] for m in range(3)]
+        ks = [k[:, :, cut[j] : cut[j + 1]].transpose(-1, -2) for j in range(3)]
+        vs = [v[:, :, cut[j] : cut[j + 1]] for j in range(3)]
+        blocks = [[qs[m] @ ks[j] for j in range(3)] for m in range(3)]
+        drop = self.training and self.attn_dropout > 0
+        summaries = (self.s_l, self.s_a, self.s_v)
+        outs = []
+        for m in range(3):
+            # per key block j: shift, exp-sum and weighted values of this query block
+            shift, total, value, value_drop = [], [], [], []
+            for j in range(3):
+                mx = blocks[m][j].amax(-1, keepdim=True).detach()
+                e = torch.sub(blocks[m][j], mx).exp_()
+                shift.append(mx)
+                total.append(e.sum(-1, keepdim=True))
+                value.append(e @ vs[j])
+                # attention dropout acts on the full (LAV) branch only, as in the official code
+                value_drop.append(F.dropout(e, self.attn_dropout, True) @ vs[j] if drop else None)
+            parts = []
+            for b in MODALITY_BRANCHES[m]:
+                keys = BRANCHES[b][1]
+                top = torch.stack([shift[j] for j in keys]).amax(0)
+                w = {j: torch.exp(shift[j] - top) for j in keys}
+                vals = value_drop if (b == 0 and drop) else value
+                num = sum(w[j] * vals[j] for j in keys)
+                den = sum(w[j] * total[j] for j in keys)
+                parts.append(self.out_proj[b](_merge(num / den)))
+            outs.append(summaries[m](torch.cat(parts, dim=-1)))
+        out = self.final_out_proj(torch.cat(outs, dim=1))
+        scores = torch.cat([torch.cat(row, dim=-1) for row in blocks], dim=-2) if need_scores else None
+        return out, scores
+
+
+class VanillaAttention(nn.Module):
+    """Plain multi-head self-attention over all tokens (the `no_mct` ablation)."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.heads, self.attn_dropout = heads, attn_dropout
+        self.scaling = (dim // heads) ** -0.5
+        self.in_proj = xavier_linear(dim, 3 * dim)
+        self.out_proj = xavier_linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, lens: tuple[int, int, int], need_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        q = _heads(q * self.scaling, self.heads)
+        k, v = _heads(k, self.heads), _heads(v, self.heads)
+        scores = q @ k.transpose(-1, -2)
+        attn = F.dropout(torch.softmax(scores, dim=-1), self.attn_dropout, self.training)
+        return self.out_proj(_merge(attn @ v)), (scores if need_scores else None)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN layer: x + drop(Attn(LN(x))), then x + drop(fc2(drop(relu(fc1(LN(x))))))."""
+
+    def __init__(
+        self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float,
+        composite: bool = True,
+    ) -> None:
+        super().__init__()
+        attn_cls = MCA if composite else VanillaAttention
+        self.self_attn = attn_cls(dim, heads, attn_dropout)
+        self.fc1 = xavier_linear(dim, 4 * dim)
+        self.fc2 = xavier_linear(4 * dim, dim)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
+
+    def forward(
+        self, x: torch.Tensor, lens: tuple[int, int, int], need_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h, scores = self.self_attn(self.norm_attn(x), lens, need_scores)
+        x = x + F.dropout(h, self.res_dropout, self.training)
+        h = F.dropout(F.relu(self.fc1(self.norm_ffn(x))), self.relu_dropout, self.training)
+        x = x + F.dropout(self.fc2(h), self.res_dropout, self.training)
+        return x, scores
+
+
+class MCTEncoder(nn.Module):
+    """Positions + embed dropout, `layers` pre-LN layers, final LayerNorm. `composite=False`
+    swaps MCA for vanilla attention (same width and depth)."""
+
+    def __init__(
+        self, dim: int, layers: int, heads: int, attn_dropout: float = 0.0,
+        relu_dropout: float = 0.1, res_dropout: float = 0.1, embed_dropout: float = 0.0,
+        composite: bool = True, batch_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [EncoderLayer(dim, heads, attn_dropout, relu_dropout, res_dropout, composite)
+             for _ in range(layers)]
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.embed_dropout, self.batch_pe = embed_dropout, batch_pe
+
+    def forward(
+        self, x: torch.Tensor, lens: tuple[int, int, int], need_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, E) with N = sum(lens) -> (B, N, E) and the last layer's scores if asked."""
+        x = F.dropout(add_positions(x, self.batch_pe), self.embed_dropout, self.training)
+        scores = None
+        for i, layer in enumerate(self.layers):
+            x, scores = layer(x, lens, need_scores and i == len(self.layers) - 1)
+        return self.norm(x), scores

@@ -1,0 +1,391 @@
+"""CIDer (Zhong et al. 2025): model-specific self-distillation (MSSD: WSAM, MCT, hierarchical
+distillation) and model-agnostic causal inference (MACI: MCM, counterfactual text).
+
+Forward pass (official `CIDERModel.forward_once`, decisions.md for the fixes):
+text features (fixed token features or a BERT-family encoder in the loop) and audio/vision ->
+bias-free linear projection to d (= Conv1d k=1) -> WSAM compresses audio/vision to T_l
+(unaligned data) -> one GRU per modality -> MCT over [h_l | h_a | h_v] -> tanh attention pooling
+per modality -> residual MLP = joint representation (3d) -> MCM -> log-probabilities.
+
+Training (`train_step`, paper Sec. III-D): a teacher step on the complete batch (NLL), then a
+student step on the corrupted batch: NLL + w_recon * recon + w_attn * attn + w_joint * joint.
+Like the official code, the MCT, GRUs and pooling use no padding mask (only WSAM masks), and
+the residuals are the standard pre-LN ones (x + f(LN(x))).
+
+Switches: `compat` (cider/compat.py) reproduces official behaviours; `ablations` are the
+rows of the paper's Table V (see `ABLATIONS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cider.compat import expand_compat
+from cider.maci import MCM, class_features, mean_of_class_means
+from cider.mct import MCTEncoder
+from cider.space import suggest as _suggest
+from cider.wsam import WSAM, wsam_query_mask
+from mer_bench.data.batch import Batch
+from mer_bench.data.schema import DataSpec, Split
+from mer_bench.errors import UserError
+from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.scenarios.base import counterfactual_text
+
+ABLATIONS: dict[str, str] = {
+    "no_recon": "w/o L_recon: no feature-reconstruction loss (and no reconstruction heads)",
+    "no_attn": "w/o L_attn: no attention-map distillation",
+    "no_joint": "w/o L_joint: no joint-representation distillation",
+    "no_mssd": "w/o MSSD (all): no distillation losses and no teacher pass; plain training on corrupted inputs",
+    "no_mcm": "w/o MCM: a plain Linear(3d, C) + log-softmax head instead of the MCM",
+    "no_cf": "w/o fine-grained counterfactual text: no counterfactual scoring",
+    "no_maci": "w/o MACI (all): no_mcm + no_cf",
+    "no_wsam": "w/o WSAM: audio/vision keep their own lengths into the GRUs and the MCT",
+    "no_mct": "w/o MCT: a vanilla transformer encoder (same width and depth) instead of MCA",
+}
+
+
+def expand_ablations(value: str | tuple | list | None) -> frozenset[str]:
+    """Validate ablation names (comma string or sequence) and expand the umbrella switches."""
+    if value is None:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {str(x).strip() for x in items if str(x).strip()}
+    unknown = names - set(ABLATIONS)
+    if unknown:
+        raise UserError(
+            f"unknown ablation(s) {', '.join(sorted(unknown))}; choose from: {', '.join(ABLATIONS)}"
+        )
+    if "no_mssd" in names:
+        names |= {"no_recon", "no_attn", "no_joint"}
+    if "no_maci" in names:
+        names |= {"no_mcm", "no_cf"}
+    return frozenset(names)
+
+
+class AttentionPool(nn.Module):
+    """Tanh attention pooling over time (official `NaiveAttention`, no mask): (B, T, d) -> (B, d)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.score(x), dim=1)  # (B, T, 1)
+        return (w * x).sum(1)
+
+
+class SequenceRecon(nn.Module):
+    """Audio/vision reconstruction (official `recon_audio`): a Linear over the time axis from
+    the MCT length to the raw length, ReLU, then a Linear to the raw feature size."""
+
+    def __init__(self, dim: int, t_in: int, t_out: int, d_out: int) -> None:
+        super().__init__()
+        self.time = nn.Linear(t_in, t_out)
+        self.feat = nn.Linear(dim, d_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.feat(F.relu(self.time(h.transpose(1, 2))).transpose(1, 2))
+
+
+class TextEncoder(nn.Module):
+    """A BERT-family encoder in the loop (`mer_bench.data.encoders`): (ids, attention mask)
+    -> last hidden states (B, L, dim)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        from mer_bench.data.encoders import load_encoder  # lazy: pulls in transformers
+
+        loaded = load_encoder(name)
+        model = loaded.module()
+        if model is None:
+            raise UserError(
+                f"text encoder {name!r} has no trainable module; use 'minilm' or a local "
+                "BERT-family directory"
+            )
+        self.model = model
+        self.dim = int(loaded.dim)
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids, attn)
+        if hasattr(out, "last_hidden_state"):
+            return out.last_hidden_state
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Pass:
+    """Everything one forward pass produces that training may need."""
+
+    scores: torch.Tensor
+    joint: torch.Tensor
+    text: torch.Tensor  # the text features the pass consumed (reconstruction target)
+    attn: torch.Tensor | None = None  # last MCT layer's raw scores (B, H, N, N)
+    recon: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+@register_model("cider", "CIDer: self-distillation (WSAM, MCT) + causal inference (MCM, counterfactual text)")
+class CIDer(BenchModel):
+    """CIDer: self-distillation (WSAM, MCT) + causal inference (MCM, counterfactual text)."""
+
+    output = "classification"
+    training = "one-to-all"
+    paper = (
+        "Zhong et al. 2025, Towards Robust Multimodal Emotion Recognition under Missing "
+        "Modalities and Distribution Shifts (CIDer); official code gw-zhong/CIDer"
+    )
+    lr = 1e-3
+    batch_size = 128
+    max_epochs = 200
+    patience = 10
+    suggest = staticmethod(_suggest)  # Table II search space, for `mer-bench tune`
+    defaults: dict[str, Any] = {
+        "hidden": 32,
+        "layers": 3,
+        "heads": 8,
+        "attn_dropout": 0.0,
+        "out_dropout": 0.3,
+        "embed_dropout": 0.2,
+        "relu_dropout": 0.1,
+        "res_dropout": 0.1,
+        "w_joint": 0.5,
+        "w_attn": 0.1,
+        "w_recon": 0.6,
+        "compat": "",
+        "ablations": (),
+        "text_encoder": None,
+        "finetune_text": True,
+        "text_lr": 5e-5,
+        "mcm_layernorm": False,
+    }
+
+    def __init__(self, spec: DataSpec, task: str, **hp: Any) -> None:
+        super().__init__(spec, task, **hp)
+        h = self.hparams
+        self.compat = expand_compat(h["compat"])
+        self.ablations = expand_ablations(h["ablations"])
+        d = int(h["hidden"])
+        if int(h["layers"]) < 1 or d % int(h["heads"]):
+            raise UserError(f"cider needs layers >= 1 and heads dividing hidden={d}")
+        dt, da, dv = spec.dims
+        lt, la, lv = spec.lens
+
+        self.text_encoder: TextEncoder | None = None
+        d_text = dt
+        if h["text_encoder"]:
+            if not spec.has_text_ids:
+                raise UserError("text_encoder needs token ids (text_bert) in the data")
+            self.text_encoder = TextEncoder(str(h["text_encoder"]))
+            d_text = self.text_encoder.dim
+            if not h["finetune_text"]:
+                self.text_encoder.requires_grad_(False)
+                self.text_encoder.eval()
+
+        # Conv1d(kernel=1, bias=False) == a bias-free Linear per time step (same init law)
+        self.proj_l = nn.Linear(d_text, d, bias=False)
+        self.proj_a = nn.Linear(da, d, bias=False)
+        self.proj_v = nn.Linear(dv, d, bias=False)
+
+        self.use_wsam = not spec.aligned and "no_wsam" not in self.ablations
+        if self.use_wsam or (spec.aligned and "wsam_aligned" in self.compat and "no_wsam" not in self.ablations):
+            self.wsam_a = WSAM(d)
+            self.wsam_v = WSAM(d)
+        t_a, t_v = (lt, lt) if self.use_wsam else (la, lv)  # lengths inside the MCT
+
+        self.gru_l = nn.GRU(d, d, batch_first=True)
+        self.gru_a = nn.GRU(d, d, batch_first=True)
+        self.gru_v = nn.GRU(d, d, batch_first=True)
+        self.mct = MCTEncoder(
+            d, int(h["layers"]), int(h["heads"]), float(h["attn_dropout"]),
+            float(h["relu_dropout"]), float(h["res_dropout"]), float(h["embed_dropout"]),
+            composite="no_mct" not in self.ablations, batch_pe="batch_pe" in self.compat,
+        )
+        self.pool_l, self.pool_a, self.pool_v = AttentionPool(d), AttentionPool(d), AttentionPool(d)
+        self.proj1 = nn.Linear(3 * d, 3 * d)
+        self.proj2 = nn.Linear(3 * d, 3 * d)
+        self.joint_dim = 3 * d
+
+        self.use_teacher = "no_mssd" not in self.ablations
+        self.use_recon = "no_recon" not in self.ablations
+        if self.use_recon:
+            self.recon_text = nn.Linear(d, d_text)
+            self.recon_audio = SequenceRecon(d, t_a, la, da)
+            self.recon_vision = SequenceRecon(d, t_v, lv, dv)
+
+        if "no_mcm" in self.ablations:
+            self.mcm = None
+            self.head = nn.Linear(3 * d, self.n_classes)
+        else:
+            self.mcm = MCM(3 * d, spec.dims, self.n_classes, hidden=d, layernorm_av=bool(h["mcm_layernorm"]))
+        self.register_buffer("cf_vocab", None, persistent=False)
+
+    # ------------------------------------------------------------------ switches
+    @property
+    def counterfactual(self) -> bool:  # type: ignore[override]
+        """Counterfactual scoring is on unless ablated, once prepare() gave the bias words
+        (data without token ids has none)."""
+        return "no_cf" not in self.ablations and self.cf_vocab is not None
+
+    def train(self, mode: bool = True) -> CIDer:
+        super().train(mode)
+        if self.text_encoder is not None and not self.hparams["finetune_text"]:
+            self.text_encoder.eval()  # a frozen encoder never uses dropout
+        return self
+
+    # ------------------------------------------------------------------ hooks
+    def prepare(self, train: Split, cf_vocab: np.ndarray | None = None) -> None:
+        """MCM confounders and priors from the training split; remember the bias words."""
+        if self.mcm is not None:
+            feats, priors, _ = class_features(train, self.task)
+            self.mcm.set_train(feats, priors)
+        device = self.proj_a.weight.device
+        self.cf_vocab = (
+            None if cf_vocab is None else torch.as_tensor(np.asarray(cf_vocab), dtype=torch.long, device=device)
+        )
+
+    def prepare_eval(self, split: Split) -> None:
+        """Compat `split_class_means` only: every class's confounder at valid/test becomes
+        the mean of this split's class means (reads the split's labels, as the official code)."""
+        if self.mcm is not None and "split_class_means" in self.compat:
+            self.mcm.set_eval(mean_of_class_means(split, self.task))
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """Adam: lr 1e-3 for the model; a fine-tuned encoder gets text_lr with L2 weight decay
+        1e-3 except on biases and LayerNorm weights (the official groups)."""
+        enc = self.text_encoder
+        enc_ids = {id(p) for p in enc.parameters()} if enc is not None else set()
+        main = [p for p in self.parameters() if id(p) not in enc_ids and p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": main, "lr": self.lr, "weight_decay": 0.0}]
+        if enc is not None and self.hparams["finetune_text"]:
+            lr = float(self.hparams["text_lr"])
+            no_decay = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+            named = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+            groups.append(
+                {"params": [p for n, p in named if not any(x in n for x in no_decay)], "lr": lr,
+                 "weight_decay": 1e-3}
+            )
+            groups.append(
+                {"params": [p for n, p in named if any(x in n for x in no_decay)], "lr": lr,
+                 "weight_decay": 0.0}
+            )
+        return torch.optim.Adam([g for g in groups if g["params"]])
+
+    # ------------------------------------------------------------------ forward
+    def _text(self, batch: Batch) -> torch.Tensor:
+        if self.text_encoder is None:
+            return batch.text
+        if batch.text_ids is None or batch.text_attn is None:
+            raise UserError("cider with a text encoder needs token ids in the batch")
+        if self.hparams["finetune_text"]:
+            return self.text_encoder(batch.text_ids, batch.text_attn)
+        with torch.no_grad():
+            return self.text_encoder(batch.text_ids, batch.text_attn)
+
+    def run(self, batch: Batch, need_attn: bool = False, need_recon: bool = False) -> Pass:
+        """One pass; `need_attn` keeps the last MCT layer's scores, `need_recon` the
+        reconstructions (student pass)."""
+        text = self._text(batch)
+        x_l, x_a, x_v = self.proj_l(text), self.proj_a(batch.audio), self.proj_v(batch.vision)
+        if self.use_wsam:
+            rows = wsam_query_mask(batch.valid_text, batch.text_len, batch.text_ids is not None)
+            x_a = self.wsam_a(x_l, x_a, rows, batch.valid_audio)
+            x_v = self.wsam_v(x_l, x_v, rows, batch.valid_vision)
+        h_l, h_a, h_v = self.gru_l(x_l)[0], self.gru_a(x_a)[0], self.gru_v(x_v)[0]
+        lens = (h_l.shape[1], h_a.shape[1], h_v.shape[1])
+        h, attn = self.mct(torch.cat([h_l, h_a, h_v], dim=1), lens, need_attn)
+        h_l, h_a, h_v = h.split(lens, dim=1)
+        g = torch.cat([self.pool_l(h_l), self.pool_a(h_a), self.pool_v(h_v)], dim=-1)
+        hid = F.dropout(F.relu(self.proj1(g)), float(self.hparams["out_dropout"]), self.training)
+        joint = self.proj2(hid) + g
+        scores = self.mcm(joint) if self.mcm is not None else F.log_softmax(self.head(joint), dim=-1)
+        recon = None
+        if need_recon and self.use_recon:
+            recon = (self.recon_text(h_l), self.recon_audio(h_a), self.recon_vision(h_v))
+        return Pass(scores, joint, text, attn, recon)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        p = self.run(batch)
+        return ModelOutput(scores=p.scores, joint=p.joint)
+
+    def counterfactual_scores(self, batch: Batch) -> torch.Tensor:
+        """Log-probabilities of the counterfactual-text view (audio/vision unchanged)."""
+        if self.cf_vocab is None:
+            raise RuntimeError("counterfactual scoring needs the bias-word vocabulary from prepare()")
+        return self.run(counterfactual_text(batch, self.cf_vocab)).scores
+
+    # ------------------------------------------------------------------ training
+    def _weights(self) -> dict[str, float]:
+        """Active distillation terms and their weights (zero-weight terms are skipped)."""
+        h = self.hparams
+        w = {"recon": float(h["w_recon"]), "attn": float(h["w_attn"]), "joint": float(h["w_joint"])}
+        return {k: v for k, v in w.items() if f"no_{k}" not in self.ablations and v != 0.0}
+
+    def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
+        """Teacher step on `clean`, then student step on `corrupted` (see module docstring).
+        Returns the terms of both objectives (weighted), so their sum is the total loss."""
+        y = clean.target(self.task)
+        optimizer.zero_grad(set_to_none=True)
+        if not self.use_teacher:  # w/o MSSD: plain training on corrupted inputs
+            loss = F.nll_loss(self.run(corrupted).scores, y)
+            loss.backward()
+            optimizer.step()
+            return {"nll": float(loss.detach())}
+
+        w = self._weights()
+        teacher = self.run(clean, need_attn="attn" in w)
+        t_loss = F.nll_loss(teacher.scores, y)
+        t_loss.backward()
+        optimizer.step()
+        if "double_teacher_grad" not in self.compat:
+            optimizer.zero_grad(set_to_none=True)
+
+        student = self.run(corrupted, need_attn="attn" in w, need_recon="recon" in w)
+        terms = {"nll": F.nll_loss(student.scores, y)}
+        if "recon" in w:
+            terms["recon"] = w["recon"] * recon_loss(student, teacher.text.detach(), clean, corrupted)
+        if "attn" in w:
+            terms["attn"] = w["attn"] * attn_kl(student.attn, teacher.attn.detach())
+        if "joint" in w:
+            cos = F.cosine_similarity(student.joint, teacher.joint.detach(), dim=-1)
+            terms["joint"] = w["joint"] * (1.0 - cos).mean()
+        total = sum(terms.values())
+        total.backward()
+        optimizer.step()
+        return {"teacher_nll": float(t_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """SmoothL1 (beta 1) summed over dropped valid positions, divided by their count times the
+    feature size (official `ReconLoss`); 0 when nothing was dropped."""
+    p, t = pred[dropped], target[dropped]  # (K, D)
+    return F.smooth_l1_loss(p, t, reduction="sum") / (p.numel() + 1e-6)
+
+
+def recon_loss(student: Pass, text_target: torch.Tensor, clean: Batch, corrupted: Batch) -> torch.Tensor:
+    """Text target: the complete view's text features; audio/vision: the raw complete features."""
+    assert student.recon is not None
+    r_t, r_a, r_v = student.recon
+    return (
+        masked_smooth_l1(r_t, text_target, corrupted.missing_text)
+        + masked_smooth_l1(r_a, clean.audio, corrupted.missing_audio)
+        + masked_smooth_l1(r_v, clean.vision, corrupted.missing_vision)
+    )
+
+
+def attn_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) || softmax(student)) over the last layer's full (LAV) score rows,
+    `batchmean` over batch x heads as the official (B*H, N, N) layout. Written as
+    sum(p_t * (log p_t - log p_s)) with the teacher terms computed without autograd: the
+    same value and gradient as `F.kl_div(..., reduction="batchmean")` in fewer passes."""
+    rows = student.shape[0] * student.shape[1]
+    with torch.no_grad():
+        t_log = F.log_softmax(teacher, dim=-1)
+        t_p = t_log.exp()
+        t_ent = torch.dot(t_p.flatten(), t_log.flatten())
+    s_log = F.log_softmax(student, dim=-1)
+    return (t_ent - torch.dot(t_p.flatten(), s_log.flatten())) / rows

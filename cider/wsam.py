@@ -1,0 +1,57 @@
+"""Word-level Self-aligned Attention Module (WSAM, paper eq. 4).
+
+Why: MOSI/MOSEI audio and vision are 375-500 frames long; WSAM compresses each to the text
+length with one single-head cross-attention (text queries, audio/vision keys and values), so
+the MCT sees 3 x T_l tokens instead of T_l + T_a + T_v.
+
+Masking (official `compressed_multihead_attention.py`): a query row is allowed only at a real
+content token ([CLS], [SEP] and padding rows are excluded) and a key only at a valid frame.
+Excluded query rows get all-zero weights, so their output is the output-projection bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NEG = -1e9
+
+
+class WSAM(nn.Module):
+    """Single-head cross-attention from text tokens to a long sequence; output (B, T_l, E)."""
+
+    def __init__(self, dim: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.scaling = dim**-0.5
+        self.in_proj = nn.Linear(dim, 3 * dim)  # packed q/k/v, as the official module
+        self.out_proj = nn.Linear(dim, dim)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        nn.init.zeros_(self.in_proj.bias)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, text: torch.Tensor, other: torch.Tensor, query_ok: torch.Tensor, key_ok: torch.Tensor
+    ) -> torch.Tensor:
+        """text (B, T_l, E), other (B, T_o, E); query_ok (B, T_l) and key_ok (B, T_o) bool."""
+        e = self.dim
+        w, b = self.in_proj.weight, self.in_proj.bias
+        q = nn.functional.linear(text, w[:e], b[:e]) * self.scaling
+        kv = nn.functional.linear(other, w[e:], b[e:])
+        k, v = kv[..., :e], kv[..., e:]
+        allowed = query_ok.unsqueeze(2) & key_ok.unsqueeze(1)  # (B, T_l, T_o)
+        scores = torch.bmm(q, k.transpose(1, 2)).masked_fill(~allowed, NEG)
+        weights = torch.softmax(scores, dim=-1) * allowed.to(scores.dtype)
+        return self.out_proj(torch.bmm(self.attn_dropout(weights), v))
+
+
+def wsam_query_mask(valid_text: torch.Tensor, text_len: torch.Tensor, specials: bool) -> torch.Tensor:
+    """Text rows WSAM may use: valid tokens, minus [CLS] (0) and [SEP] (len-1) when the text
+    has special tokens."""
+    ok = valid_text.clone()
+    if specials:
+        pos = torch.arange(ok.shape[1], device=ok.device)[None, :]
+        ok &= (pos > 0) & (pos != (text_len - 1).unsqueeze(1))
+    return ok

@@ -1,0 +1,78 @@
+"""`mer-bench complexity`: parameters (text encoder excluded), peak memory and seconds per epoch
+for any registered model, the shape of the paper's Table VI."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import torch
+
+from mer_bench.training.trainer import TrainSettings, resolve_device, seed_torch, train
+
+
+def measure(
+    model_name: str,
+    dataset: str = "synth-mosi",
+    variant: str = "unaligned",
+    task: str = "binary",
+    device: str = "auto",
+    data_root: str | None = None,
+    scale: float | None = None,
+    hparams: dict[str, Any] | None = None,
+    epochs: int = 1,
+) -> dict[str, Any]:
+    from mer_bench.data.registry import load_dataset
+    from mer_bench.models import build_model
+    from mer_bench.scenarios import get_policy
+
+    dev = resolve_device(device)
+    ds = load_dataset(dataset, variant=variant, distribution="iid", task=task,
+                      data_root=data_root, scale=scale)
+    seed_torch(1111)
+    model = build_model(model_name, ds.spec, task, **(hparams or {}))
+    model.prepare(ds["train"], cf_vocab=None)
+    policy = get_policy("per-sample-uniform")
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = train(
+        model,
+        ds["train"],
+        ds["valid"],
+        TrainSettings(task=task, epochs=epochs, patience=epochs + 1,
+                      batch_size=getattr(model, "batch_size", 128), device=dev),
+        lambda ids, lengths, epoch: policy.drops(ids, lengths, 1111, epoch),
+        valid_points=[],
+    )
+    seconds = time.perf_counter() - t0
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if dev == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "model": model_name,
+        "dataset": dataset,
+        "variant": variant,
+        "task": task,
+        "device": dev,
+        "threads": torch.get_num_threads(),
+        "parameters": model.n_parameters(),
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_kind": "cuda max allocated" if dev == "cuda" else "process peak RSS",
+        "rss_before_training_mb": round(rss_before, 1),
+        "seconds_per_epoch": round(res.seconds_per_epoch, 3),
+        "epochs_timed": epochs,
+        "seconds_total": round(seconds, 3),
+        "train_samples": len(ds["train"]),
+    }
+
+
+def complexity_cli(model: str, **kwargs: Any) -> str:
+    from tabulate import tabulate
+
+    m = measure(model, **kwargs)
+    return tabulate([(k, v) for k, v in m.items()], headers=["quantity", "value"])
