@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import random_split
 
 from cider.compat import COMPAT_SWITCHES, expand_compat
 from cider.maci import class_features
@@ -12,7 +13,7 @@ from cider.mct import BRANCHES, MCA
 from cider.model import ABLATIONS, CIDer
 from cider.wsam import WSAM, wsam_query_mask
 from mer_bench.data.batch import make_batch
-from mer_bench.data.schema import DataSpec, Split, three_class
+from mer_bench.data.schema import DataSpec, Split
 from mer_bench.errors import UserError
 from mer_bench.models import build_model
 from mer_bench.scenarios.base import apply_drops
@@ -24,33 +25,6 @@ MOSI_ALIGNED = DataSpec(dims=(768, 5, 20), lens=(50, 50, 50), aligned=True, has_
 DIMS, LENS = (12, 5, 6), (8, 14, 11)
 SPEC = DataSpec(dims=DIMS, lens=LENS, aligned=False, has_text_ids=True)
 TINY = {"hidden": 8, "layers": 1, "heads": 2}
-
-
-def random_split(n: int = 24, seed: int = 0, lens=LENS, dims=DIMS) -> Split:
-    """A small random split in the MMSA schema: [CLS] ids [SEP] text, random lengths, all
-    three sentiment classes present."""
-    rng = np.random.default_rng(seed)
-    lt, la, lv = lens
-    tl = rng.integers(4, lt + 1, n)
-    tb = np.zeros((n, 3, lt), dtype=np.int64)
-    for i in range(n):
-        tb[i, 0, 0], tb[i, 0, tl[i] - 1] = 101, 102
-        tb[i, 0, 1 : tl[i] - 1] = rng.integers(1000, 1020, tl[i] - 2)
-        tb[i, 1, : tl[i]] = 1
-    y = rng.uniform(-3, 3, n).astype(np.float32)
-    y[:3] = 0.0
-    return Split(
-        text=rng.normal(size=(n, lt, dims[0])).astype(np.float32),
-        audio=rng.normal(size=(n, la, dims[1])).astype(np.float32),
-        vision=rng.normal(size=(n, lv, dims[2])).astype(np.float32),
-        audio_lengths=rng.integers(1, la + 1, n),
-        vision_lengths=rng.integers(1, lv + 1, n),
-        regression_labels=y,
-        classification_labels=three_class(y),
-        id=np.array([f"s{i}" for i in range(n)]),
-        raw_text=np.array([""] * n),
-        text_bert=tb,
-    )
 
 
 def corrupt(batch, rate: float = 0.5, seed: int = 0):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import random_split
 from torch import nn
 
 from cider.maci import MACI, MCM
 from cider.space import RELEASED, SEARCH_SPACE, grid_size, suggest
 from mer_bench.data.batch import make_batch
-from mer_bench.data.schema import DataSpec, Split, three_class
+from mer_bench.data.schema import DataSpec
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, build_model
 from mer_bench.scenarios.base import apply_drops
@@ -19,31 +20,6 @@ torch.set_num_threads(1)
 
 DIMS, LENS = (12, 5, 6), (8, 14, 11)
 SPEC = DataSpec(dims=DIMS, lens=LENS, aligned=False, has_text_ids=True)
-
-
-def random_split(n: int = 24, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    lt, la, lv = LENS
-    tl = rng.integers(4, lt + 1, n)
-    tb = np.zeros((n, 3, lt), dtype=np.int64)
-    for i in range(n):
-        tb[i, 0, 0], tb[i, 0, tl[i] - 1] = 101, 102
-        tb[i, 0, 1 : tl[i] - 1] = rng.integers(1000, 1020, tl[i] - 2)
-        tb[i, 1, : tl[i]] = 1
-    y = rng.uniform(-3, 3, n).astype(np.float32)
-    y[:3] = 0.0
-    return Split(
-        text=rng.normal(size=(n, lt, DIMS[0])).astype(np.float32),
-        audio=rng.normal(size=(n, la, DIMS[1])).astype(np.float32),
-        vision=rng.normal(size=(n, lv, DIMS[2])).astype(np.float32),
-        audio_lengths=rng.integers(1, la + 1, n),
-        vision_lengths=rng.integers(1, lv + 1, n),
-        regression_labels=y,
-        classification_labels=three_class(y),
-        id=np.array([f"s{i}" for i in range(n)]),
-        raw_text=np.array([""] * n),
-        text_bert=tb,
-    )
 
 
 class Dummy(BenchModel):

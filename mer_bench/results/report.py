@@ -16,7 +16,7 @@ from mer_bench.metrics import HIGHER_IS_BETTER, auilc
 from mer_bench.results.store import Store, atomic_write_text
 
 TABLE_METRICS = {
-    "binary": ["Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Has0_F1_score"],
+    "binary": ["Non0_acc_2", "Non0_F1_score"],
     "seven": ["Mult_acc_7", "F1_score_7"],
 }
 PROTOCOL_TITLE = {
@@ -192,7 +192,7 @@ def _label_configs(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
     (epochs, hyper-parameters, policies ...) in the same table, rows are labelled model@hash."""
     df = df.copy()
     df["config_hash"] = df["run_id"].map(lambda r: records.get(r, {}).get("config_hash", ""))
-    keys = ["dataset", "variant", "task", "protocol", "model"]
+    keys = ["dataset", "variant", "task", "protocol", "scenario", "model"]
     n = df.groupby(keys)["config_hash"].transform("nunique")
     df.loc[n > 1, "model"] = df.loc[n > 1, "model"] + "@" + df.loc[n > 1, "config_hash"]
     return df
