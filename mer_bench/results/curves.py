@@ -89,12 +89,6 @@ def plot_smm(df: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def _pca2(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
-
-
 def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
     """Fig. 8: joint representations of the first seed's run per model and dataset, projected
     on the principal plane of the complete-data points, coloured by class, at 3 rates."""
@@ -143,6 +137,8 @@ def plot_corrections(store: Store, records: list[dict], out: Path) -> list[Path]
     for rec in sorted(records, key=lambda r: r["seed"]):
         tau = rec.get("tau", {}).get("tau")
         if not rec.get("tau", {}).get("counterfactual") or not isinstance(tau, float):
+            continue
+        if not rec["scenario"].startswith("rmfm"):
             continue
         key = (rec["model"], rec["dataset"], rec["variant"], rec["task"], rec["scenario"])
         if key in seen:
