@@ -179,17 +179,7 @@ class MPLMM(BenchModel):
         self.type_proj = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(lens[m], 2 * d)) for m in MODALITIES}
         )
-        self.fusion = MulTFusion(
-            d,
-            h["num_heads"],
-            h["layers"],
-            h["mem_layers"],
-            {"text": h["attn_dropout"], "audio": h["attn_dropout_a"], "vision": h["attn_dropout_v"]},
-            h["relu_dropout"],
-            h["res_dropout"],
-            h["embed_dropout"],
-            h["causal_mask"],
-        )
+        self.fusion = MulTFusion.from_hparams(d, h)
         self.head = ResidualHead(6 * d, 1, h["output_dropout"])
         self.joint_dim = 6 * d  # read by wrappers such as MACI
 

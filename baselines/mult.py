@@ -255,6 +255,22 @@ class MulTFusion(nn.Module):
     at the end of each target's memory input (MPLMM's prompts), which then hold the readout.
     """
 
+    @classmethod
+    def from_hparams(cls, dim: int, h: dict, positions: bool = True) -> MulTFusion:
+        """Build from a MulT-style hyper-parameter dict (shared by MulT and MPLMM)."""
+        return cls(
+            dim,
+            h["num_heads"],
+            h["layers"],
+            h["mem_layers"],
+            {"text": h["attn_dropout"], "audio": h["attn_dropout_a"], "vision": h["attn_dropout_v"]},
+            h["relu_dropout"],
+            h["res_dropout"],
+            h["embed_dropout"],
+            h["causal_mask"],
+            positions,
+        )
+
     def __init__(
         self,
         dim: int,
@@ -409,18 +425,7 @@ class MulT(BenchModel):
                 for i, m in enumerate(MODALITIES)
             }
         )
-        self.fusion = MulTFusion(
-            d,
-            h["num_heads"],
-            h["layers"],
-            h["mem_layers"],
-            {"text": h["attn_dropout"], "audio": h["attn_dropout_a"], "vision": h["attn_dropout_v"]},
-            h["relu_dropout"],
-            h["res_dropout"],
-            h["embed_dropout"],
-            h["causal_mask"],
-            h["positions"],
-        )
+        self.fusion = MulTFusion.from_hparams(d, h, h["positions"])
         self.head = ResidualHead(6 * d, 1, h["output_dropout"])
         self.joint_dim = 6 * d  # read by wrappers such as MACI
 
