@@ -8,10 +8,11 @@ scenario with the same training distribution (rmfm-iid, trmfm-iid, rmm-iid, smm-
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 
 from mer_bench.errors import UserError
-from mer_bench.results.store import Store
+from mer_bench.results.store import Store, atomic_write_bytes
 from mer_bench.training import provenance
 from mer_bench.training.trainer import (
     TrainResult,
@@ -258,10 +259,6 @@ def _build_and_train(r: Resolved, ds, device: str, store: Store, point, progress
         progress=progress,
         desc=f"{r.cfg.model} s{r.seed}" + (f" @{point.label}" if r.policy == "fixed-rate" else ""),
     )
-    import io
-
-    from mer_bench.results.store import atomic_write_bytes
-
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "info": asdict(result)}, buf)
     atomic_write_bytes(ckpt, buf.getvalue())
@@ -542,6 +539,3 @@ def summary_table(records: list[dict]) -> str:
                  "headline@first x100", "AUILC x100", "tau"],
     )
 
-
-def replace_config(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return replace(cfg, **changes)
