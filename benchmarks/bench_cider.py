@@ -10,8 +10,8 @@ import argparse
 import time
 
 import torch
-from mer_bench.data.cfvocab import cf_vocab_ids
 
+from mer_bench.data.cfvocab import cf_vocab_ids
 from mer_bench.data.registry import load_dataset
 from mer_bench.models import build_model
 from mer_bench.scenarios import get_policy, get_scenario
@@ -36,7 +36,7 @@ def main() -> None:
     res = train(
         model, ds["train"], ds["valid"],
         TrainSettings(epochs=a.epochs, patience=a.epochs + 1, batch_size=128),
-        lambda ids, lengths, epoch: policy.drops(ids, lengths, 1111, epoch),
+        policy.bind(1111),
         valid_points=[],
     )
     print(f"train: {res.seconds_per_epoch:.2f} s/epoch over {a.epochs} epoch(s), "

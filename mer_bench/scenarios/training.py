@@ -45,6 +45,10 @@ class TrainingPolicy:
         rngs = sample_rngs(seed, f"train|{self.name}|{epoch}", ids)
         return self.fn(lengths, rngs, rate)
 
+    def bind(self, seed: int, rate: float | None = None) -> Callable[[Sequence[str], Lengths, int], Drops]:
+        """This policy for one run's seed, as the trainer's `(ids, lengths, epoch) -> drops`."""
+        return lambda ids, lengths, epoch: self.drops(ids, lengths, seed, epoch, rate)
+
 
 POLICIES: Registry[TrainingPolicy] = Registry("training policy")
 

@@ -44,7 +44,7 @@ def measure(
         ds["valid"],
         TrainSettings(task=task, epochs=epochs, patience=epochs + 1,
                       batch_size=getattr(model, "batch_size", 128), device=dev),
-        lambda ids, lengths, epoch: policy.drops(ids, lengths, 1111, epoch),
+        policy.bind(1111),
         valid_points=[],
     )
     seconds = time.perf_counter() - t0

@@ -204,7 +204,7 @@ def _train_drops(r: Resolved, point):
     if r.policy == "none":
         return None
     policy = get_policy(r.policy)
-    return lambda ids, lengths, epoch: policy.drops(ids, lengths, r.seed, epoch)
+    return policy.bind(r.seed)
 
 
 def _eval_drops(r: Resolved, point):
@@ -530,7 +530,7 @@ def summary_table(records: list[dict]) -> str:
                 rec["seed"],
                 f"{100 * rec['metrics'][first][head]:.2f}",
                 f"{100 * rec['auilc'][head]:.2f}" if head in rec.get("auilc", {}) else "-",
-                rec["tau"].get("tau", "-") if not isinstance(rec["tau"].get("tau"), dict) else "oracle",
+                "oracle" if isinstance(rec["tau"].get("tau"), dict) else rec["tau"].get("tau", "-"),
             ]
         )
     return tabulate(

@@ -62,7 +62,7 @@ def tune_cli(
             m, ds["train"], ds["valid"],
             TrainSettings(task=task, epochs=max_epochs, patience=getattr(cls, "patience", 10),
                           batch_size=getattr(cls, "batch_size", 128), seed=seed, device=dev),
-            lambda ids, lengths, epoch: policy.drops(ids, lengths, seed, epoch),
+            policy.bind(seed),
             [(rate_point(0.0), None)],
         )
         trial.set_user_attr("best_epoch", res.best_epoch)
