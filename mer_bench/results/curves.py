@@ -27,9 +27,11 @@ def _numeric(labels: pd.Series) -> bool:
         return False
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    """Write a PNG without a software/date stamp (figures are reproducible) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:  # a colorbar shared by several axes does not go with tight_layout
+        fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path
@@ -114,11 +116,8 @@ def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
             ax.set(title=f"rate {lab}", xticks=[], yticks=[])
         fig.colorbar(sc, ax=axes[0].tolist(), label="class")
         fig.suptitle(f"{rec['model']} joint representation, {rec['dataset']} {rec['scenario']}")
-        path = out / f"joint_{rec['model'].replace('+', '-')}_{rec['dataset']}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, metadata={"Software": None})
-        plt.close(fig)
-        paths.append(path)
+        name = f"joint_{rec['model'].replace('+', '-')}_{rec['dataset']}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
+        paths.append(_save(fig, out / name, tight=False))
     return paths
 
 

@@ -56,10 +56,9 @@ def mean_std(values: pd.Series) -> tuple[float, float, int]:
     return float(np.mean(v)), float(np.std(v)), len(v)
 
 
-def _fmt(mean: float, std: float, n: int, metric: str) -> str:
-    scale = 100.0
-    cell = f"{mean * scale:.2f}"
-    return cell + (f" ± {std * scale:.2f}" if n > 1 else "")
+def _fmt(mean: float, std: float, n: int) -> str:
+    """MMSA-style cell: mean x100, with the population std x100 when there are several seeds."""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
 
 
 def _pivot(df: pd.DataFrame, col: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -67,7 +66,7 @@ def _pivot(df: pd.DataFrame, col: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     cells, means = {}, {}
     for (model, c, metric), g in df.groupby(["model", col, "metric"], sort=False):
         m, s, n = mean_std(g["value"])
-        cells.setdefault(model, {})[(c, metric)] = _fmt(m, s, n, metric)
+        cells.setdefault(model, {})[(c, metric)] = _fmt(m, s, n)
         means.setdefault(model, {})[(c, metric)] = m
     return pd.DataFrame(cells).T, pd.DataFrame(means).T
 
