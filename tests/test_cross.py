@@ -106,9 +106,37 @@ def test_load_cross_uses_registry_partner(registered):
         cross.load_cross("xc-test", variant="aligned")
 
 
-def test_synthetic_mosi_mosei_refused_without_generating():
-    synth = pytest.importorskip("mer_bench.data.synth")
-    assert synth.profile("synth-mosi").d_audio != synth.profile("synth-mosei").d_audio
-    with pytest.raises(UserError, match="feature dims") as e:
-        cross._precheck_synthetic("synth-mosi", "synth-mosei", "aligned")
-    print("\nrefusal:", e.value)
+def test_embedded_cross_pair_is_casp_shaped_and_shares_one_world(tmp_path):
+    """synth-mosi -> synth-mosei uses the CASP-shaped twins: 768/25/171, aligned, 44 vs 75
+    positions; the partner's in-memory test split is the one its file would hold."""
+    from mer_bench.data import mmsa, synth
+    from mer_bench.data.registry import load_dataset
+
+    ds = load_dataset("synth-mosi", "aligned", "cross", scale=0.02)
+    assert ds.spec.dims == (768, 25, 171) and ds.spec.lens == (44, 44, 44)
+    assert ds.meta["cross"]["test"] == "synth-mosei" and ds.meta["cross"]["test_length"] == 75
+    assert len(ds["train"]) == round(1274 * 0.02)
+    # the partner's file, written in CASP's own layout and read by the CASP reader
+    path = synth.synthesize("synth-mosei-casp", "aligned", scale=0.02,
+                            out=tmp_path / "MSA_cross_datasets" / "mosei.pkl")
+    raw = mmsa.safe_load_with_hash(path)[0]["test"]
+    assert not {"audio_lengths", "vision_lengths", "classification_labels"} & set(raw)
+    full = mmsa.read_casp(tmp_path, "mosei")
+    fitted, truncated = cross.fit_length(full["test"], 44)
+    assert truncated == ds.meta["cross"]["truncated"] > 0
+    for key in ("text", "audio", "vision", "text_bert", "regression_labels"):
+        np.testing.assert_array_equal(getattr(ds["test"], key), getattr(fitted, key))
+    # one world: both sides draw their words from the same vocabulary
+    vocab = set(synth.build_vocabulary(synth.DEFAULT_SEED).ids.tolist())
+    for split in (ds["train"], ds["test"]):
+        words = set(split.text_bert[:, 0].ravel().tolist()) - {0, 101, 102}
+        assert words <= vocab
+    back = load_dataset("synth-mosei", "aligned", "cross", scale=0.02)
+    assert back.spec.lens == (75, 75, 75) and back.meta["cross"]["truncated"] == 0
+
+
+def test_embedded_cross_pair_refuses_unaligned():
+    from mer_bench.data.registry import load_dataset
+
+    with pytest.raises(UserError, match="aligned only"):
+        load_dataset("synth-mosi", "unaligned", "cross", scale=0.02)

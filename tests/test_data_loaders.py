@@ -264,7 +264,7 @@ def test_writer_roundtrip_is_mmsa_layout_and_deterministic(tmp_path):
 def test_registry_entries_and_path_loading(tmp_path, monkeypatch):
     assert {"synth-mosi", "synth-mosei", "mosi", "mosei"} <= set(DATASETS.names())
     assert DATASETS.get("mosi").cross_partner == "mosei"
-    assert DATASETS.get("synth-mosi").cross_partner is None
+    assert DATASETS.get("synth-mosi").cross_partner == "synth-mosei"
     path = dump(mmsa_obj(True), tmp_path / "mine.pkl")
     ds = load_dataset(str(path))
     assert ds.variant == "aligned" and load_dataset(str(path)) is ds  # cached, not reloaded

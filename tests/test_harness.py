@@ -156,12 +156,26 @@ def test_cli_run_report_plot_end_to_end(tmp_path):
     assert list((res / "figures").glob("curve_*.png"))
 
 
+def test_cli_cross_dataset_run_on_the_embedded_pair(tmp_path):
+    """`*-cross` on the embedded default: train on synth-mosi's CASP-shaped twin, test on
+    synth-mosei's, with CIDer's counterfactual pass (the twins carry token ids)."""
+    res = tmp_path / "res"
+    p = cli("run", "--model", "cider", "--scenario", "rmfm-cross", "--variant", "aligned",
+            "--scale", "0.02", "--epochs", "1", "--rates", "0,1", "--results", str(res))
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(next((res / "runs").glob("*.json")).read_text())
+    assert rec["distribution"] == "cross" and rec["status"] == "finished"
+    assert rec["data"]["cross"]["test"] == "synth-mosei"
+    assert rec["data"]["cross"]["fitted_to"] == 44
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
         (["run", "--model", "nope", "--scenario", "rmfm-iid"], "unknown model"),
         (["run", "--model", "lf_dnn", "--scenario", "nope-iid"], "scenario"),
         (["run", "--model", "lf_dnn", "--scenario", "tmfm-iid"], "aligned"),
+        (["run", "--model", "lf_dnn", "--scenario", "rmfm-cross"], "--variant aligned"),
         (["run", "--model", "lf_dnn", "--scenario", "rmfm-iid", "--rates", "0,x"], "rate"),
         (["run", "--model", "lf_dnn", "--scenario", "rmfm-iid", "--rates", "0,1.5"], "rate"),
         (["run", "--model", "lf_dnn", "--scenario", "rmfm-iid", "--seeds", "a"], "seed"),

@@ -138,53 +138,34 @@ def load_cross(
 ) -> MMDataset:
     """Train/valid from `name`, test from its registry `cross_partner`.
 
-    Real `mosi`/`mosei` use CASP's cross-dataset pickles (aligned only); other datasets use
-    their registry loaders and must pass `check_compatible`.
+    A pair whose entries have cross releases (`mosi`/`mosei`: CASP's pickles; the embedded
+    sets: their CASP-shaped synthetic twins) uses those; other registered datasets use their
+    iid loaders and must pass `check_compatible`.
     """
+    from pathlib import Path
+
     from mer_bench.data.registry import DATASETS
 
     entry = DATASETS.get(name)
     partner = entry.cross_partner
     if not partner:
         raise UserError(f"dataset {name!r} has no cross-dataset partner; cross scenarios need one")
-    if entry.kind == "real" and name in ("mosi", "mosei"):
+    partner_entry = DATASETS.get(partner)
+    root = None if data_root is None else Path(data_root)
+    if entry.cross_loader is not None and partner_entry.cross_loader is not None:
         if variant != "aligned":
             raise UserError(
-                "cross-dataset uses CASP's aligned pickles only; use --variant aligned"
+                f"cross-dataset releases ({name} -> {partner}) are aligned only; use --variant "
+                "aligned"
             )
-        from mer_bench.data.mmsa import read_casp
-
-        train = read_casp(data_root, name)
-        test = read_casp(data_root, partner)
+        train = entry.cross_loader(root, scale, False)
+        test = partner_entry.cross_loader(root, scale, True)
     else:
-        partner_entry = DATASETS.get(partner)
         if variant not in entry.variants or variant not in partner_entry.variants:
             raise UserError(f"cross {name} -> {partner}: variant {variant!r} not available")
-        if entry.kind == "synthetic" and partner_entry.kind == "synthetic":
-            _precheck_synthetic(name, partner, variant)  # before generating gigabytes
-        train = entry.loader(variant, data_root, scale)
-        test = partner_entry.loader(variant, data_root, scale)
+        train = entry.loader(variant, root, scale)
+        test = partner_entry.loader(variant, root, scale)
     # keep only the partner's test split (its train/valid are released here); `spec` reads
     # the "train" key, so the test split stands in for all three
     test.splits = {"train": test["test"], "valid": test["test"], "test": test["test"]}
     return combine(train, test)
-
-
-def _precheck_synthetic(name: str, partner: str, variant: str) -> None:
-    """Refuse incompatible embedded pairs from their profiles, without generating data."""
-    try:
-        from mer_bench.data.synth import profile
-    except ImportError:
-        return
-    a, b = profile(name), profile(partner)
-    da, db = (768, a.d_audio, a.d_vision), (768, b.d_audio, b.d_vision)
-    if da != db:
-        raise UserError(
-            f"cannot cross {name} -> {partner}: feature dims (text, audio, vision) {da} vs {db} "
-            "differ; cross-dataset needs the same dims (e.g. CASP's 768/25/171 pickles)"
-        )
-    if variant != "aligned":
-        raise UserError(
-            f"cannot cross {name} -> {partner}: cross-dataset needs aligned data on both sides "
-            f"(got {variant}); use --variant aligned"
-        )

@@ -352,21 +352,24 @@ def casp_path(root: str | os.PathLike | None, ds: str) -> Path:
 
 
 def read_casp(root: str | os.PathLike | None, ds: str) -> MMDataset:
-    """CASP's cross-dataset pickle (shared 768/25/171 features, aligned, no text_bert).
+    """CASP's cross-dataset pickle `<root>/MSA_cross_datasets/{mosi,mosei}.pkl`."""
+    return read_casp_file(casp_path(root, ds), _check_ds(ds), "CASP cross-dataset release")
 
-    Labels for the 3-class target come from the sign of the regression labels (as CIDer does
-    for these files); every text position is valid and there are no special tokens.
+
+def read_casp_file(path: str | os.PathLike, name: str, origin: str) -> MMDataset:
+    """A pickle in CASP's cross-dataset format (shared 768/25/171 features, aligned).
+
+    CASP documents only text/audio/vision/regression_labels; `text_bert` (which CIDer's cross
+    run reads), `id` and `raw_text` are used when present. There are no lengths: with
+    `text_bert` they come from its mask, without it every position counts as valid. The 3-class
+    target always comes from the sign of the regression labels, as CIDer does for these files.
     """
-    path = casp_path(root, ds)
-    obj, sha = safe_load_with_hash(path)
+    obj, sha = safe_load_with_hash(Path(path))
     if isinstance(obj, dict):
         for s in SPLITS:
             if isinstance(obj.get(s), dict):
                 obj[s] = {k: v for k, v in obj[s].items() if k != "classification_labels"}
-    return dataset_from_obj(
-        obj, str(path), _check_ds(ds), "aligned", sha,
-        meta={"origin": "CASP cross-dataset release"},
-    )
+    return dataset_from_obj(obj, str(path), name, "aligned", sha, meta={"origin": origin})
 
 
 # ----------------------------------------------------------------------------- label.csv

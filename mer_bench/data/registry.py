@@ -3,7 +3,8 @@
 `load_dataset(name, variant, distribution, task)` is the only way the harness gets data:
 `iid` is the standard split, `ood` a repartition served from `splits/{name}/{task}/ood.json`
 (or CIDer's published OOD pickles for real data), `cross` trains on one dataset and tests on
-another.
+its partner, both from the pair's cross-dataset release (CASP's pickles for real data, a
+CASP-shaped synthetic pair for the embedded sets).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from mer_bench.registry import Registry
 
 # loader(variant, data_root, scale) -> MMDataset (iid)
 Loader = Callable[[str, Path | None, float | None], MMDataset]
+# cross_loader(data_root, scale, test_only) -> the dataset's cross-dataset release; with
+# `test_only` only its test split is needed (it stands in for all three)
+CrossLoader = Callable[[Path | None, float | None, bool], MMDataset]
 
 
 @dataclass(frozen=True)
@@ -32,38 +36,79 @@ class DatasetEntry:
     description: str
     loader: Loader
     cross_partner: str | None = None  # dataset tested on in `cross` scenarios
+    cross_loader: CrossLoader | None = None  # its cross release; None: the iid loader
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 # ----------------------------------------------------------------------------- loaders
+def _synth_file(name: str, variant: str, scale: float | None) -> tuple[Path, dict]:
+    """The cached synthetic pickle (generated on first use or after a generator change)."""
+    from mer_bench.data.synth import GENERATOR_VERSION, cache_path, read_sidecar, synthesize
+
+    path = cache_path(name, variant, None, scale)
+    side = read_sidecar(path)
+    if not path.is_file() or side is None or side.get("version") != GENERATOR_VERSION:
+        synthesize(name, variant=variant, scale=scale)
+        side = read_sidecar(path) or {}
+    return path, side
+
+
+def _synth_meta(path: Path, side: dict, scale: float | None) -> dict:
+    return {
+        "synthetic": True,
+        "generator_version": side.get("version"),
+        "seed": side.get("seed"),
+        "scale": scale,
+        "sidecar": f"{path}.json",
+    }
+
+
 def _synth_loader(name: str) -> Loader:
     def load(variant: str, data_root: Path | None, scale: float | None) -> MMDataset:
         from mer_bench.data.mmsa import read_mmsa_pickle
-        from mer_bench.data.synth import (
-            GENERATOR_VERSION,
-            cache_path,
-            read_sidecar,
-            split_counts,
-            synthesize,
+        from mer_bench.data.synth import split_counts
+
+        path, side = _synth_file(name, variant, scale)
+        return read_mmsa_pickle(
+            path, name, variant, expected_counts=split_counts(name, scale),
+            meta=_synth_meta(path, side, scale),
         )
 
-        path = cache_path(name, variant, None, scale)
-        side = read_sidecar(path)
-        if not path.is_file() or side is None or side.get("version") != GENERATOR_VERSION:
-            synthesize(name, variant=variant, scale=scale)  # first use: generate into the cache
-            side = read_sidecar(path) or {}
-        meta = {
-            "synthetic": True,
-            "generator_version": side.get("version"),
-            "seed": side.get("seed"),
-            "scale": scale,
-            "sidecar": f"{path}.json",
-        }
-        return read_mmsa_pickle(
-            path, name, variant, expected_counts=split_counts(name, scale), meta=meta
-        )
+    return load
+
+
+def _synth_cross_loader(name: str) -> CrossLoader:
+    """The CASP-shaped twin of an embedded set (same seed, so one feature world per pair)."""
+
+    def load(data_root: Path | None, scale: float | None, test_only: bool) -> MMDataset:
+        from mer_bench.data.mmsa import convert_split, read_casp_file
+        from mer_bench.data.synth import CROSS_PROFILES, GENERATOR_VERSION, synth_split
+
+        twin = CROSS_PROFILES[name]
+        if not test_only:
+            path, side = _synth_file(twin, "aligned", scale)
+            ds = read_casp_file(path, name, f"synthetic CASP-shaped release ({twin})")
+            ds.meta.update(_synth_meta(path, side, scale))
+            return ds
+        # only the partner's test split is used: build just that (identical to the file's)
+        raw = synth_split(twin, "test", "aligned", scale)
+        raw.pop("audio_lengths", None), raw.pop("vision_lengths", None)
+        test, _ = convert_split(raw, f"{twin} [test]", True, "test")
+        meta = {"synthetic": True, "generator_version": GENERATOR_VERSION, "scale": scale,
+                "origin": f"synthetic CASP-shaped release ({twin}), test split built in memory"}
+        return MMDataset(name, "aligned", {"train": test, "valid": test, "test": test},
+                         f"<{twin} test split>", "", meta)
+
+    return load
+
+
+def _real_cross_loader(name: str) -> CrossLoader:
+    def load(data_root: Path | None, scale: float | None, test_only: bool) -> MMDataset:
+        from mer_bench.data.mmsa import read_casp
+
+        return shrink(read_casp(data_root, name), scale)
 
     return load
 
@@ -98,7 +143,8 @@ DATASETS.register(
     DatasetEntry(
         "synth-mosi", "synthetic", ("aligned", "unaligned"),
         "embedded MOSI-shaped synthetic set (1284/229/686; 768/5/20), generated on first use",
-        _synth_loader("synth-mosi"),
+        _synth_loader("synth-mosi"), cross_partner="synth-mosei",
+        cross_loader=_synth_cross_loader("synth-mosi"),
     ),
 )
 DATASETS.register(
@@ -106,7 +152,8 @@ DATASETS.register(
     DatasetEntry(
         "synth-mosei", "synthetic", ("aligned", "unaligned"),
         "embedded MOSEI-shaped synthetic set (16326/1871/4659; 768/74/35); use --scale",
-        _synth_loader("synth-mosei"),
+        _synth_loader("synth-mosei"), cross_partner="synth-mosi",
+        cross_loader=_synth_cross_loader("synth-mosei"),
     ),
 )
 DATASETS.register(
@@ -114,7 +161,7 @@ DATASETS.register(
     DatasetEntry(
         "mosi", "real", ("aligned", "unaligned"),
         "CMU-MOSI, MMSA features: <data-root>/MOSI/Processed/{aligned,unaligned}_50.pkl",
-        _real_loader("mosi"), cross_partner="mosei",
+        _real_loader("mosi"), cross_partner="mosei", cross_loader=_real_cross_loader("mosi"),
     ),
 )
 DATASETS.register(
@@ -122,7 +169,7 @@ DATASETS.register(
     DatasetEntry(
         "mosei", "real", ("aligned", "unaligned"),
         "CMU-MOSEI, MMSA features: <data-root>/MOSEI/Processed/{aligned,unaligned}_50.pkl",
-        _real_loader("mosei"), cross_partner="mosi",
+        _real_loader("mosei"), cross_partner="mosi", cross_loader=_real_cross_loader("mosei"),
     ),
 )
 

@@ -17,6 +17,12 @@ MOSEI's split sizes, feature dims, sequence lengths and class priors, and real s
 - audio/vision: per-frame AR(1) sequences; a few dims carry a noisy copy of the label, the rest
   are noise; a per-video (speaker) offset; variable valid lengths with zero padding.
 
+Cross-dataset twins `synth-mosi-casp` / `synth-mosei-casp` imitate CASP's release that CIDer's
+cross setting reads (768/25/171, aligned, 44 / 75 positions, no length or class-label keys).
+They share the seed's vocabulary, text encoder and feature styles, so a model trained on one
+meets the other's labelling, utterance lengths and a dataset-wide audio/vision offset
+(`domain_shift`) - a shift, not a different world.
+
 Everything is drawn from `numpy.random.Generator`s seeded by (seed, component, split), so the
 same arguments give a byte-identical file. Calibration (see benchmarks/calibrate_synth.py):
 text alone is the strongest modality, audio and vision are clearly above chance, and all
@@ -28,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -62,6 +69,8 @@ class Profile:
     audio_signal_dims: int
     vision_signal_dims: int
     knobs: tuple[tuple[str, Any], ...] = ()  # calibration overrides of the `Knobs` defaults
+    text_len: int = TEXT_LEN  # token positions (MMSA: 50; CASP's cross release: 44 / 75)
+    casp: bool = False  # CASP cross-dataset release: aligned only, no per-modality lengths
 
 
 PROFILES: dict[str, Profile] = {
@@ -82,7 +91,29 @@ PROFILES: dict[str, Profile] = {
             ("vision_share", 0.3),
         ),
     ),
+    # CASP-shaped cross-dataset pair (what CIDer's cross setting reads): MMSA-FET features with
+    # shared dims 768/25/171, aligned, 44 (MOSI) / 75 (MOSEI) positions, the cross train class
+    # counts CIDer's priors imply (1274 / 16245); valid/test sizes are not published, MMSA's are
+    # used. Same seed -> same vocabulary, encoder and feature styles: one "world", two datasets.
+    "synth-mosi-casp": Profile(
+        "synth-mosi-casp", (1274, 229, 686), (24, 198, 227, 244, 227, 308, 46), (551, 50, 673),
+        d_audio=25, d_vision=171, len_audio=44, len_vision=44,
+        audio_signal_dims=4, vision_signal_dims=12, text_len=44, casp=True,
+    ),
+    "synth-mosei-casp": Profile(
+        "synth-mosei-casp", (16245, 1871, 4659), (311, 1301, 2036, 6746, 4098, 1546, 207),
+        (4728, 3505, 8012), d_audio=25, d_vision=171, len_audio=75, len_vision=75,
+        audio_signal_dims=4, vision_signal_dims=12, text_len=75, casp=True,
+        # MOSEI's labelling (as synth-mosei), longer utterances, and a recording-condition shift
+        knobs=(
+            ("text_noise", 0.15), ("polarity_sharpness", 12.0), ("sentiment_base", 0.6),
+            ("sentiment_slope", 3.0), ("unique_audio", 0.5), ("unique_vision", 0.5),
+            ("audio_noise", 0.6), ("vision_noise", 0.6), ("audio_share", 0.3),
+            ("vision_share", 0.3), ("words_median", 16.0), ("domain_shift", 0.25),
+        ),
+    ),
 }
+CROSS_PROFILES = {"synth-mosi": "synth-mosi-casp", "synth-mosei": "synth-mosei-casp"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +146,8 @@ class Knobs:
     context_noise: float = 0.05  # per-element contextual noise
     frame_noise: float = 1.0  # AR(1) frame noise sd (in units of the signal loading)
     ar_phi: float = 0.9
+    words_median: float = 11.0  # median words per utterance (lognormal)
+    domain_shift: float = 0.0  # sd of a dataset-wide offset on audio/vision (cross pairs)
     speaker_sd: float = 0.35
     signal_gain: float = 0.6
 
@@ -294,10 +327,12 @@ def _sentences(
     knobs: Knobs,
     spurious: float,
     rng: np.random.Generator,
+    text_len: int = TEXT_LEN,
 ) -> TextPlan:
     """Sentences expressing sentiment `t`; topic words correlate with the sign of `y`."""
-    n, max_words = len(y), TEXT_LEN - 2
-    n_tok = np.clip(np.round(rng.lognormal(np.log(11.0), 0.55, n)), 3, max_words).astype(np.int64)
+    n, max_words = len(y), text_len - 2
+    n_tok = np.round(rng.lognormal(np.log(knobs.words_median), 0.55, n))
+    n_tok = np.clip(n_tok, 3, max_words).astype(np.int64)
     t = t + knobs.text_noise * rng.standard_normal(n)
     k = rng.poisson(knobs.sentiment_base + knobs.sentiment_slope * np.abs(t))
     k = np.minimum(k, n_tok // 2)
@@ -343,12 +378,12 @@ def _sentences(
     tokens = np.take_along_axis(pair, compact, axis=1)[:, :max_words]
     assert ((tokens >= 0).sum(1) == n_tok).all()
 
-    text_bert = np.zeros((n, 3, TEXT_LEN), dtype=np.int64)
+    text_bert = np.zeros((n, 3, text_len), dtype=np.int64)
     ids = np.where(tokens >= 0, vocab.ids[np.maximum(tokens, 0)], 0)
     text_bert[:, 0, 0] = CLS_ID
-    text_bert[:, 0, 1 : TEXT_LEN - 1] = ids
+    text_bert[:, 0, 1 : text_len - 1] = ids
     text_bert[np.arange(n), 0, n_tok + 1] = SEP_ID
-    text_bert[:, 1, :] = np.arange(TEXT_LEN)[None, :] < (n_tok + 2)[:, None]
+    text_bert[:, 1, :] = np.arange(text_len)[None, :] < (n_tok + 2)[:, None]
     words_arr = np.asarray(vocab.words)
     raw = np.array(
         [" ".join(words_arr[row[: c]]) for row, c in zip(tokens, n_tok)], dtype=str
@@ -370,17 +405,17 @@ def _text_features(
     table = encoder.table(np.concatenate([vocab.ids, [CLS_ID, SEP_ID]]))
     cls_dir, topic_dir, neg_dir = directions
     g = knobs.word_class_gain
-    v = len(vocab.words)
+    v, text_len = len(vocab.words), plan.text_bert.shape[2]
     table[:v] += g * (vocab.polarity * vocab.strength / 2.0)[:, None] * cls_dir[None, :]
     kinds = np.asarray(vocab.kind)
     table[:v] += g * ((kinds == "topic-a").astype(np.float32) - (kinds == "topic-b"))[:, None] * topic_dir
     table[:v] += g * (kinds == "negator")[:, None] * neg_dir
     n = len(plan.n_words)
-    rows = np.full((n, TEXT_LEN), -1, dtype=np.int64)
+    rows = np.full((n, text_len), -1, dtype=np.int64)
     rows[:, 0] = v
-    rows[:, 1 : TEXT_LEN - 1] = plan.words
+    rows[:, 1 : text_len - 1] = plan.words
     rows[np.arange(n), plan.n_words + 1] = v + 1
-    out = np.empty((n, TEXT_LEN, d), dtype=np.float32)
+    out = np.empty((n, text_len, d), dtype=np.float32)
     valid = rows >= 0
     chunk = 1024
     for s in range(0, n, chunk):
@@ -455,10 +490,10 @@ def _style(d: int, n_signal: int, rng: np.random.Generator):
 def cache_path(
     dataset: str, variant: str = "unaligned", seed: int | None = None, scale: float | None = None
 ) -> Path:
-    """cache_dir()/synth/{name}/{variant}_50[_scale{F}][_seed{N}].pkl"""
+    """cache_dir()/synth/{name}/{variant}_{text_len}[_scale{F}][_seed{N}].pkl (MMSA: _50)"""
     from mer_bench.paths import cache_dir
 
-    name = f"{variant}_50"
+    name = f"{variant}_{profile(dataset).text_len}"
     if scale is not None and scale != 1:
         name += f"_scale{scale:g}"
     if seed is not None and int(seed) != DEFAULT_SEED:
@@ -490,7 +525,7 @@ class SplitDraws:
 
 
 def _draw_split(
-    y: np.ndarray, i: int, seed: int, vocab: Vocabulary, knobs: Knobs
+    y: np.ndarray, i: int, seed: int, vocab: Vocabulary, knobs: Knobs, text_len: int = TEXT_LEN
 ) -> SplitDraws:
     n = len(y)
     lrng = np.random.default_rng([seed, 9, i])
@@ -499,7 +534,8 @@ def _draw_split(
     s_a = knobs.audio_share * y + u_a + knobs.audio_noise * lrng.standard_normal(n)
     s_v = knobs.vision_share * y + u_v + knobs.vision_noise * lrng.standard_normal(n)
     plan = _sentences(
-        y, y - u_a - u_v, vocab, knobs, knobs.spurious[i], np.random.default_rng([seed, 2, i])
+        y, y - u_a - u_v, vocab, knobs, knobs.spurious[i], np.random.default_rng([seed, 2, i]),
+        text_len,
     )
     vrng = np.random.default_rng([seed, 6, i])
     video, clip = _videos(n, vrng)
@@ -520,9 +556,10 @@ def synth_text(
     knobs = default_knobs(dataset)
     vocab = build_vocabulary(seed_v)
     labels = synth_labels(dataset, seed_v, scale)
+    text_len = profile(dataset).text_len
     out = {}
     for i, split in enumerate(SPLITS):
-        d = _draw_split(labels[split], i, seed_v, vocab, knobs)
+        d = _draw_split(labels[split], i, seed_v, vocab, knobs, text_len)
         out[split] = {
             "id": d.ids,
             "raw_text": d.plan.raw_text,
@@ -530,6 +567,96 @@ def synth_text(
             "regression_labels": d.y,
         }
     return out, vocab
+
+
+@dataclass
+class _World:
+    """What every split of one synthetic file shares: the seed's vocabulary, text encoder,
+    word-class directions and audio/vision styles (shared by datasets with the same dims, so
+    a cross pair lives in one world), plus this dataset's profile, knobs and labels."""
+
+    p: Profile
+    seed: int
+    knobs: Knobs
+    vocab: Vocabulary
+    encoder: EmbeddingTableEncoder
+    directions: np.ndarray
+    a_style: tuple[np.ndarray, np.ndarray, np.ndarray]
+    v_style: tuple[np.ndarray, np.ndarray, np.ndarray]
+    labels: dict[str, np.ndarray]
+    lens: tuple[int, int, int]  # text, audio, vision positions
+
+
+def _world(
+    dataset: str, variant: str, seed: int, scale: float | None, d_text: int, knobs: Knobs
+) -> _World:
+    p = profile(dataset)
+    vocab = build_vocabulary(seed)
+    encoder = EmbeddingTableEncoder(seed=seed, dim=d_text)
+    drng = np.random.default_rng([seed, 7])
+    directions = drng.standard_normal((3, d_text)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True) / np.sqrt(d_text) / 0.25
+    srng = np.random.default_rng([seed, 8])
+    a_style = _style(p.d_audio, p.audio_signal_dims, srng)
+    v_style = _style(p.d_vision, p.vision_signal_dims, srng)
+    if knobs.domain_shift:  # a dataset-wide recording-condition offset (cross pairs)
+        shift = np.random.default_rng([seed, 10, zlib.crc32(dataset.encode())])
+        a_style = (a_style[0], a_style[1] + knobs.domain_shift * shift.standard_normal(p.d_audio,
+                   dtype=np.float32), a_style[2])
+        v_style = (v_style[0], v_style[1] + knobs.domain_shift * shift.standard_normal(p.d_vision,
+                   dtype=np.float32), v_style[2])
+    aligned = variant == "aligned"
+    lens = (p.text_len, *((p.text_len, p.text_len) if aligned else (p.len_audio, p.len_vision)))
+    labels = synth_labels(dataset, seed, scale)
+    return _World(p, seed, knobs, vocab, encoder, directions, a_style, v_style, labels, lens)
+
+
+def _split_items(w: _World, i: int, split: str) -> Iterator[tuple[str, Any]]:
+    """One split's arrays, lazily (the writer pickles each before the next is built)."""
+    d = _draw_split(w.labels[split], i, w.seed, w.vocab, w.knobs, w.p.text_len)
+    y, plan, ids, video, vrng = d.y, d.plan, d.ids, d.video, d.rng
+    n = len(y)
+    tl, la, lv = w.lens
+    t_len = plan.n_words + 2
+    if la == lv == tl:
+        a_len, v_len = t_len.copy(), t_len.copy()
+    else:
+        a_len = np.clip(np.round(t_len * la / tl * vrng.uniform(0.55, 1.0, n)), 4, la)
+        v_len = np.clip(np.round(t_len * lv / tl * vrng.uniform(0.55, 1.0, n)), 4, lv)
+        a_len, v_len = a_len.astype(np.int64), v_len.astype(np.int64)
+    cls = three_class(y)
+    yield "raw_text", plan.raw_text
+    yield "text", _text_features(
+        plan, w.vocab, w.encoder, w.knobs, np.random.default_rng([w.seed, 3, i]), w.directions
+    )
+    yield "text_bert", plan.text_bert
+    yield "audio", _sequences(
+        d.s_audio, a_len, video, (la, w.p.d_audio), w.knobs,
+        np.random.default_rng([w.seed, 4, i]), w.a_style,
+    )
+    yield "vision", _sequences(
+        d.s_vision, v_len, video, (lv, w.p.d_vision), w.knobs,
+        np.random.default_rng([w.seed, 5, i]), w.v_style,
+    )
+    if not w.p.casp:  # CASP's release has no lengths or class labels (derived on load)
+        yield "audio_lengths", a_len
+        yield "vision_lengths", v_len
+    yield "regression_labels", y
+    if not w.p.casp:
+        yield "classification_labels", cls
+        yield "annotations", ANNOTATIONS[cls]
+    yield "id", ids
+
+
+def synth_split(
+    dataset: str, split: str, variant: str = "aligned", scale: float | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """One split of what `synthesize` writes, built in memory and identical to it (each split
+    has its own random streams): a cross-dataset partner needs only its test split."""
+    seed_v = DEFAULT_SEED if seed is None else int(seed)
+    w = _world(dataset, variant, seed_v, scale, 768, default_knobs(dataset))
+    return dict(_split_items(w, SPLITS.index(split), split))
 
 
 def synthesize(
@@ -548,6 +675,8 @@ def synthesize(
     p = profile(dataset)
     if variant not in ("aligned", "unaligned"):
         raise UserError(f"unknown variant {variant!r}; choose aligned or unaligned")
+    if p.casp and variant != "aligned":
+        raise UserError(f"{dataset} imitates CASP's cross-dataset release, which is aligned only")
     if d_text < 1:
         raise UserError(f"d_text must be positive, got {d_text}")
     seed_v = DEFAULT_SEED if seed is None else int(seed)
@@ -557,53 +686,9 @@ def synthesize(
     if path.exists() and path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file path ending in .pkl")
 
-    vocab = build_vocabulary(seed_v)
-    encoder = EmbeddingTableEncoder(seed=seed_v, dim=d_text)
-    drng = np.random.default_rng([seed_v, 7])
-    directions = drng.standard_normal((3, d_text)).astype(np.float32)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True) / np.sqrt(d_text) / 0.25
-    srng = np.random.default_rng([seed_v, 8])
-    a_style = _style(p.d_audio, p.audio_signal_dims, srng)
-    v_style = _style(p.d_vision, p.vision_signal_dims, srng)
-    labels = synth_labels(dataset, seed_v, scale)
-    aligned = variant == "aligned"
-    la, lv = (TEXT_LEN, TEXT_LEN) if aligned else (p.len_audio, p.len_vision)
-
-    def split_items(i: int, split: str) -> Iterator[tuple[str, Any]]:
-        d = _draw_split(labels[split], i, seed_v, vocab, knobs)
-        y, plan, ids, video, vrng = d.y, d.plan, d.ids, d.video, d.rng
-        n = len(y)
-        s_a, s_v = d.s_audio, d.s_vision
-        t_len = plan.n_words + 2
-        if aligned:
-            a_len, v_len = t_len.copy(), t_len.copy()
-        else:
-            a_len = np.clip(np.round(t_len * la / TEXT_LEN * vrng.uniform(0.55, 1.0, n)), 4, la)
-            v_len = np.clip(np.round(t_len * lv / TEXT_LEN * vrng.uniform(0.55, 1.0, n)), 4, lv)
-            a_len, v_len = a_len.astype(np.int64), v_len.astype(np.int64)
-        cls = three_class(y)
-        yield "raw_text", plan.raw_text
-        yield "text", _text_features(
-            plan, vocab, encoder, knobs, np.random.default_rng([seed_v, 3, i]), directions
-        )
-        yield "text_bert", plan.text_bert
-        yield "audio", _sequences(
-            s_a, a_len, video, (la, p.d_audio), knobs,
-            np.random.default_rng([seed_v, 4, i]), a_style,
-        )
-        yield "vision", _sequences(
-            s_v, v_len, video, (lv, p.d_vision), knobs,
-            np.random.default_rng([seed_v, 5, i]), v_style,
-        )
-        yield "audio_lengths", a_len
-        yield "vision_lengths", v_len
-        yield "regression_labels", y
-        yield "classification_labels", cls
-        yield "annotations", ANNOTATIONS[cls]
-        yield "id", ids
-
+    w = _world(dataset, variant, seed_v, scale, d_text, knobs)
     write_pickle_stream(
-        path, StreamDict((s, StreamDict(split_items(i, s))) for i, s in enumerate(SPLITS))
+        path, StreamDict((s, StreamDict(_split_items(w, i, s))) for i, s in enumerate(SPLITS))
     )
     meta = {
         "generator": "mer-bench synth",
@@ -614,12 +699,12 @@ def synthesize(
         "scale": scale,
         "counts": counts,
         "dims": [d_text, p.d_audio, p.d_vision],
-        "lens": [TEXT_LEN, la, lv],
+        "lens": list(w.lens),
         "d_text": d_text,
-        "encoder": encoder.describe(),
+        "encoder": w.encoder.describe(),
         "knobs": asdict(knobs),
         "sha256": file_sha256(path),
-        "vocabulary": vocab.describe(),
+        "vocabulary": w.vocab.describe(),
     }
     side = sidecar_path(path)
     tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")

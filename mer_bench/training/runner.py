@@ -125,6 +125,11 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
                 f"dataset {cfg.dataset} has no variant {cfg.variant!r}; choose one of: "
                 + ", ".join(entry.variants)
             )
+        if scenario.distribution == "cross" and entry.cross_loader and cfg.variant != "aligned":
+            raise UserError(
+                f"{cfg.scenario} on {cfg.dataset} uses the aligned cross-dataset release; add "
+                "--variant aligned"
+            )
     from mer_bench.scenarios import check_compatible
 
     check_compatible(scenario, aligned=cfg.variant == "aligned")
@@ -430,6 +435,8 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
             "dims": list(ds.spec.dims),
             "lens": list(ds.spec.lens),
             "meta": {k: v for k, v in ds.meta.items() if isinstance(v, str | int | float | bool)},
+            # cross-dataset: which test set (and its checksum), and how it was fitted
+            **({"cross": ds.meta["cross"]} if "cross" in ds.meta else {}),
         },
         "training": {
             "best_epoch": tres.best_epoch,
