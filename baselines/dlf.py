@@ -57,10 +57,10 @@ from baselines.mult import (
     ResidualHead,
     TemporalProjection,
     TransformerEncoder,
-    accumulated_step,
 )
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.steps import accumulated_step
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -231,18 +231,19 @@ class DLF(BenchModel):
         }
         return ModelOutput(scores=score.squeeze(-1), joint=joint, extras=extras)
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Task and auxiliary terms of the official objective; they sum to the total."""
+    def _terms(
+        self, batch: Batch, out: ModelOutput
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(main-head loss, the other heads' losses, auxiliary losses) of the official objective."""
         h = self.hparams
-        out = self(batch)
         e, y = out.extras, batch.y_reg
 
         def l1(p: torch.Tensor) -> torch.Tensor:
             return F.l1_loss(p.view(-1), y)
 
-        task = l1(out.scores) + l1(e["shared_score"])
+        heads = [l1(e["shared_score"])]
         for m in MODALITIES:
-            task = task + (h["w_lang"] if m == "text" else 1.0) * l1(e["stream_scores"][m])
+            heads.append((h["w_lang"] if m == "text" else 1.0) * l1(e["stream_scores"][m]))
         v = e["valid"]
         recon = sum(masked_mse(e["recon"][m], e["proj"][m], v[m]) for m in MODALITIES)
         consist = sum(masked_mse(e["specific"][m], e["specific_re"][m], v[m]) for m in MODALITIES)
@@ -250,10 +251,24 @@ class DLF(BenchModel):
         feats = torch.stack([e["shared_flat"][m] for m in MODALITIES], dim=1).flatten(0, 1)
         geo = hinge_margin_loss(feats, y.repeat_interleave(3), h["margin_scale"])
         aux = h["w_aux"] * (consist + recon + h["w_geo"] * (geo + ortho))
+        return l1(out.scores), heads, aux
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Task (all prediction heads) and auxiliary terms; they sum to the total."""
+        main, heads, aux = self._terms(batch, self(batch))
+        task = main
+        for term in heads:
+            task = task + term
         return {"task": task, "aux": aux}
 
+    def objective(self, batch: Batch, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """For wrappers: the main head's loss as "task"; the shared and per-stream heads join
+        the reconstruction, consistency, orthogonality and margin terms in "aux"."""
+        main, heads, aux = self._terms(batch, out)
+        return {"task": main, "aux": sum(heads[1:], heads[0]) + aux}
+
+    def step_options(self) -> dict[str, float]:
+        return {"micro_batch": self.hparams["micro_batch"], "clip_value": self.hparams["grad_clip"]}
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        return accumulated_step(
-            self, corrupted, optimizer, self.losses,
-            micro_batch=self.hparams["micro_batch"], clip_value=self.hparams["grad_clip"],
-        )
+        return accumulated_step(self, corrupted, optimizer, self.losses, **self.step_options())

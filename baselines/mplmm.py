@@ -62,10 +62,10 @@ from baselines.mult import (
     MulTFusion,
     ResidualHead,
     TemporalProjection,
-    accumulated_step,
 )
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.steps import accumulated_step
 
 
 def droppable(batch: Batch, modality: str) -> torch.Tensor:
@@ -226,11 +226,11 @@ class MPLMM(BenchModel):
         joint, score = self.head(torch.cat([last[m] for m in MODALITIES], dim=-1))
         return ModelOutput(scores=score.squeeze(-1), joint=joint, extras={"missing": miss})
 
+    def step_options(self) -> dict[str, float]:
+        return {"clip_norm": self.hparams["grad_clip_norm"]}
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         return accumulated_step(
-            self,
-            corrupted,
-            optimizer,
-            lambda b: {"loss": self.task_loss(self(b), b)},
-            clip_norm=self.hparams["grad_clip_norm"],
+            self, corrupted, optimizer, lambda b: {"loss": self.task_loss(self(b), b)},
+            **self.step_options(),
         )

@@ -39,8 +39,6 @@ have no parameters). 192,000 of them are the 768 -> 50 text convolution, 1,456,2
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +47,7 @@ from torch import nn
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.steps import accumulated_step
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -328,54 +327,6 @@ class MulTFusion(nn.Module):
         return last
 
 
-# --- training helpers (shared) ------------------------------------------------------------
-def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows [start, stop) of a batch (every tensor field is batch-first)."""
-    changes = {
-        f.name: getattr(batch, f.name)[start:stop]
-        for f in fields(batch)
-        if isinstance(getattr(batch, f.name), torch.Tensor)
-    }
-    return batch.with_(**changes)
-
-
-def micro_batches(batch: Batch, size: int) -> Iterator[Batch]:
-    n = len(batch)
-    size = max(1, int(size)) if size else n
-    for start in range(0, n, size):
-        yield slice_batch(batch, start, min(n, start + size))
-
-
-def accumulated_step(
-    model: nn.Module,
-    batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    losses: Callable[[Batch], dict[str, torch.Tensor]],
-    micro_batch: int = 0,
-    clip_value: float = 0.0,
-    clip_norm: float = 0.0,
-) -> dict[str, float]:
-    """One optimiser step over `batch`, split in micro-batches whose gradients add up (the
-    MMSA/DLF `update_epochs` scheme). `losses(part)` returns loss terms whose sum is the
-    objective. Value clipping follows every backward (as MMSA), norm clipping the last one.
-    Returns the terms averaged over the batch (they still sum to the objective)."""
-    optimizer.zero_grad(set_to_none=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    logs: dict[str, float] = {}
-    n = len(batch)
-    for part in micro_batches(batch, micro_batch):
-        terms = losses(part)
-        sum(terms.values()).backward()
-        if clip_value > 0:
-            nn.utils.clip_grad_value_(params, clip_value)
-        for k, v in terms.items():
-            logs[k] = logs.get(k, 0.0) + float(v.detach()) * len(part) / n
-    if clip_norm > 0:
-        nn.utils.clip_grad_norm_(params, clip_norm)
-    optimizer.step()
-    return logs
-
-
 # --- the model ----------------------------------------------------------------------------
 @register_model("mult", "MulT cross-modal transformer (Tsai et al. 2019, MMSA config), regression")
 class MulT(BenchModel):
@@ -442,12 +393,11 @@ class MulT(BenchModel):
         joint, score = self.head(torch.cat([last[m] for m in MODALITIES], dim=-1))
         return ModelOutput(scores=score.squeeze(-1), joint=joint, extras={"last": last})
 
+    def step_options(self) -> dict[str, float]:
+        return {"micro_batch": self.hparams["micro_batch"], "clip_value": self.hparams["grad_clip"]}
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         return accumulated_step(
-            self,
-            corrupted,
-            optimizer,
-            lambda b: {"loss": self.task_loss(self(b), b)},
-            micro_batch=self.hparams["micro_batch"],
-            clip_value=self.hparams["grad_clip"],
+            self, corrupted, optimizer, lambda b: {"loss": self.task_loss(self(b), b)},
+            **self.step_options(),
         )

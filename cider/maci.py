@@ -20,7 +20,9 @@ class's feature by the mean of the scored split's class means, as the official c
 
 The `maci` wrapper (`dlf+maci`, `lf_dnn+maci`) puts an MCM on top of any model that returns a
 joint representation, and adds counterfactual-text scoring; a regression base's own score is
-ignored (kept in `extras["base_scores"]`).
+ignored (kept in `extras["base_scores"]`). Training: the MCM's NLL plus the base's auxiliary
+objective terms (`BenchModel.objective`; DLF's reconstruction, consistency, orthogonality, margin
+and extra-head losses), stepped with the base's micro-batches and clipping.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mer_bench.data.schema import CLS_ID, SEP_ID, Split
 from mer_bench.errors import UserError
 from mer_bench.models import N_CLASSES, WRAPPERS, BenchModel, ModelOutput
 from mer_bench.scenarios.base import counterfactual_text
+from mer_bench.training.steps import accumulated_step
 
 
 # ----------------------------------------------------------------------------- class features
@@ -203,7 +206,13 @@ class MACI(BenchModel):
 
     output = "classification"
     paper = "Zhong et al. 2025 (CIDer), MACI: Multimodal Causal Module + counterfactual text"
-    defaults = {"counterfactual": True, "hidden": 32, "joint_dim": None, "base_loss": 0.0}
+    defaults = {
+        "counterfactual": True,
+        "hidden": 32,
+        "joint_dim": None,
+        "base_loss": 0.0,  # weight of the base's own task loss (its head is not scored)
+        "base_aux": 1.0,  # weight of the base's auxiliary objective terms
+    }
 
     def __init__(self, base: BenchModel, **hp: Any) -> None:
         super().__init__(base.spec, base.task, **hp)
@@ -255,20 +264,23 @@ class MACI(BenchModel):
         return opt
 
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        """NLL of the MCM output on the corrupted batch (plus, if `base_loss` > 0, that weight
-        times the base's own task loss on its own score)."""
-        optimizer.zero_grad(set_to_none=True)
-        out = self(corrupted)
-        loss = F.nll_loss(out.scores, corrupted.target(self.task))
-        logs = {"nll": float(loss.detach())}
-        w = float(self.hparams["base_loss"])
-        if w > 0:
-            base_loss = w * self.base.task_loss(ModelOutput(out.extras["base_scores"]), corrupted)
-            logs["base"] = float(base_loss.detach())
-            loss = loss + base_loss
-        loss.backward()
-        optimizer.step()
-        return logs
+        """NLL of the MCM output on the corrupted batch, plus the base's auxiliary objective
+        (`base_aux`, e.g. DLF's reconstruction and margin terms) and, if `base_loss` > 0, its
+        own task loss; stepped as the base steps (its micro-batches and clipping)."""
+        w_task, w_aux = float(self.hparams["base_loss"]), float(self.hparams["base_aux"])
+
+        def terms(part: Batch) -> dict[str, torch.Tensor]:
+            out = self(part)
+            t = {"nll": F.nll_loss(out.scores, part.target(self.task))}
+            if w_task > 0 or w_aux > 0:
+                base_out = ModelOutput(out.extras["base_scores"], out.joint, out.extras)
+                for name, value in self.base.objective(part, base_out).items():
+                    w = w_task if name == "task" else w_aux
+                    if w > 0:
+                        t[f"base_{name}"] = w * value
+            return t
+
+        return accumulated_step(self, corrupted, optimizer, terms, **self.base.step_options())
 
 
 def wrap(base: BenchModel, **hp: Any) -> BenchModel:

@@ -101,8 +101,9 @@ def cmd_ls(a: argparse.Namespace) -> None:
     else:
         from mer_bench.data.registry import DATASETS
 
-        rows = [(n, e.kind, ",".join(e.variants), e.description) for n, e in DATASETS.items()]
-        print(tabulate(rows, headers=["dataset", "kind", "variants", "description"]))
+        rows = [(n, e.kind, ",".join(e.variants), e.cross_partner or "-", e.description)
+                for n, e in DATASETS.items()]
+        print(tabulate(rows, headers=["dataset", "kind", "variants", "cross test", "description"]))
 
 
 # ----------------------------------------------------------------------------- scenario
@@ -437,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mer-bench: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 

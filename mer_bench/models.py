@@ -85,6 +85,17 @@ class BenchModel(nn.Module):
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
 
+    def objective(self, batch: Batch, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """Terms of the training objective for `out = self(batch)`: "task" (the loss on
+        `out.scores`) plus any auxiliary terms. Wrappers that replace the prediction (MACI)
+        keep the auxiliary ones; override when the official objective has them."""
+        return {"task": self.task_loss(out, batch)}
+
+    def step_options(self) -> dict[str, float]:
+        """Keyword arguments of `mer_bench.training.steps.accumulated_step` that the official
+        step uses (micro_batch, clip_value, clip_norm); wrappers step the same way."""
+        return {}
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         """One optimisation step; returns scalar losses for logging."""
         optimizer.zero_grad(set_to_none=True)

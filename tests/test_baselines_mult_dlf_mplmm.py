@@ -11,11 +11,12 @@ import torch
 
 from baselines.dlf import hinge_margin_loss
 from baselines.mplmm import missing_pattern
-from baselines.mult import TransformerEncoder, micro_batches, slice_batch
+from baselines.mult import TransformerEncoder
 from mer_bench.data.batch import Batch, make_batch
 from mer_bench.data.schema import DataSpec, Split, three_class
 from mer_bench.models import MODELS
 from mer_bench.scenarios.base import Lengths, apply_drops
+from mer_bench.training.steps import micro_batches, slice_batch
 
 torch.set_num_threads(1)
 
@@ -219,3 +220,29 @@ def test_micro_batches_cover_the_batch():
     assert [len(p) for p in parts] == [2, 2, 1]
     assert torch.equal(torch.cat([p.index for p in parts]), batch.index)
     assert torch.equal(slice_batch(batch, 1, 3).text_ids, batch.text_ids[1:3])
+
+
+@pytest.mark.parametrize("base_aux", [1.0, 0.0])
+def test_dlf_maci_keeps_dlf_auxiliary_objective(base_aux):
+    """`dlf+maci` trains the MCM's NLL plus DLF's auxiliary terms (the reconstruction decoders
+    and the margin loss's alignment layers are reached only through them)."""
+    from cider.maci import MACI
+
+    spec = UNALIGNED
+    dlf = build("dlf", spec)
+    split = tiny_split(spec, 8, seed=1)
+    batch = make_batch(split, np.arange(8))
+    dlf.eval()  # no dropout: the split objective and DLF's own losses sum to the same total
+    with torch.no_grad():
+        terms = dlf.objective(batch, dlf(batch))
+        total = dlf.losses(batch)
+    assert set(terms) == {"task", "aux"}
+    assert torch.allclose(sum(terms.values()), sum(total.values()), rtol=1e-5)
+    model = MACI(dlf, base_aux=base_aux, counterfactual=False)
+    model.prepare(split)
+    model.train()
+    logs = model.train_step(batch, batch, model.configure_optimizer())
+    assert set(logs) == ({"nll", "base_aux"} if base_aux else {"nll"})
+    reached = {n: p.grad is not None for n, p in model.base.named_parameters()}
+    aux_only = [n for n in reached if n.startswith(("decoder.", "align."))]
+    assert aux_only and all(reached[n] == bool(base_aux) for n in aux_only)

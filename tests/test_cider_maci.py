@@ -87,7 +87,7 @@ def test_maci_wraps_a_dummy_and_uses_its_joint():
     # base_loss adds the base's own task loss on its own scores
     both = MACI(Dummy(SPEC, "seven"), base_loss=0.5)
     both.prepare(split)
-    assert set(_train(both, split, steps=1)[0]) == {"nll", "base"}
+    assert set(_train(both, split, steps=1)[0]) == {"nll", "base_task"}
 
 
 def test_maci_needs_a_joint_representation():
