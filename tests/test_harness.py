@@ -37,8 +37,11 @@ def test_record_has_provenance_and_tidy_rows(tmp_path):
     cfg = RunConfig(model="lf_dnn", scenario="rmfm-iid", **TINY)
     rec = run_cell(cfg, 1111, str(tmp_path))
     for key in ("config", "git_commit", "versions", "environment", "train_policy", "tau",
-                "timings", "peak_memory_mb", "data", "auilc", "compat", "seed"):
+                "timings", "peak_memory_mb", "data", "auilc", "compat", "seed", "model_hparams"):
         assert key in rec
+    from baselines.lf_dnn import LFDNN
+
+    assert rec["model_hparams"] == json.loads(json.dumps(LFDNN.defaults))
     assert rec["train_policy"] == "per-sample-uniform"
     assert rec["data"]["sha256"]
     rows = pd.read_csv(Store(tmp_path).rows_path(rec["run_id"]), dtype={"rate": str})

@@ -9,6 +9,7 @@ scenario with the same training distribution (rmfm-iid, trmfm-iid, rmm-iid, smm-
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -192,6 +193,17 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
 
 
 # ----------------------------------------------------------------------------- one cell
+def effective_hparams(model: torch.nn.Module) -> dict[str, Any]:
+    """Every hyper-parameter the model ran with (its defaults merged with the request), a
+    wrapped base's under "base": the config hash covers only what was requested, so the
+    record is what tells two code versions' defaults apart."""
+    h = dict(getattr(model, "hparams", {}))
+    base = getattr(model, "base", None)
+    if base is not None and hasattr(base, "hparams"):
+        h["base"] = effective_hparams(base)
+    return json.loads(json.dumps(h, default=str))
+
+
 def _train_drops(r: Resolved, point):
     """The training corruption: a registered policy, or (one-to-one) the scenario's own mode
     at that grid point; draws depend only on (seed, epoch, sample id)."""
@@ -427,6 +439,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         "headline": HEADLINE[task],
         "tau": tau_info,
         "n_parameters": int(model0.n_parameters()),
+        "model_hparams": effective_hparams(model0),
         "data": {
             "name": ds.name,
             "source": ds.source,
