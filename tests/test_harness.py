@@ -94,6 +94,12 @@ def test_training_is_shared_across_scenarios(tmp_path):
     assert b["checkpoint_reused"] and not a["checkpoint_reused"]
     # the complete-data point uses the same weights, so it scores the same
     assert a["metrics"]["0.0"] == b["metrics"]["0.0"]
+    # --force retrains (code may have changed since the checkpoint), once per shared training
+    runner._FRESH.clear()
+    cells = [(RunConfig(model="lf_dnn", scenario=s, **TINY), 1111) for s in ("rmfm-iid", "trmfm-iid")]
+    forced = run_cells(cells, results=str(tmp_path), force=True, progress=False)
+    assert [r["checkpoint_reused"] for r in forced] == [False, True]
+    assert forced[0]["metrics"] == a["metrics"]  # same seed, same code: same result
 
 
 def _fake_store(root, protocol_values):

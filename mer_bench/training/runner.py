@@ -236,8 +236,16 @@ def _cf_vocab(r: Resolved, ds) -> np.ndarray | None:
     return cf_vocab_ids(ds, r.cfg.task, stale_cv="stale_cv" in r.compat)
 
 
-def _build_and_train(r: Resolved, ds, device: str, store: Store, point, progress: bool):
-    """Build the model, prepare it on training data, and train it or load its checkpoint."""
+# checkpoints written by this process: under `force` only these are reused, so a forced grid
+# retrains each shared training once (cells sharing one run in the same process)
+_FRESH: set[str] = set()
+
+
+def _build_and_train(
+    r: Resolved, ds, device: str, store: Store, point, progress: bool, retrain: bool = False
+):
+    """Build the model, prepare it on training data, and train it or load its checkpoint
+    (with `retrain`, only a checkpoint this process wrote)."""
     from mer_bench.models import build_model
 
     seed_torch(r.seed)
@@ -246,7 +254,7 @@ def _build_and_train(r: Resolved, ds, device: str, store: Store, point, progress
     model.to(device)
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
-    if ckpt.exists():
+    if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         info = state["info"]
@@ -279,6 +287,7 @@ def _build_and_train(r: Resolved, ds, device: str, store: Store, point, progress
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "info": asdict(result)}, buf)
     atomic_write_bytes(ckpt, buf.getvalue())
+    _FRESH.add(str(ckpt))
     return model, result, key, False
 
 
@@ -312,7 +321,9 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
 
     trained: dict[str, tuple] = {}
     if not one_to_one:
-        model, tres, key, cached = _build_and_train(r, ds, device, store, points[0], progress)
+        model, tres, key, cached = _build_and_train(
+            r, ds, device, store, points[0], progress, retrain=force
+        )
         trained = {p.label: (model, tres, key, cached) for p in points}
     t_train = time.perf_counter() - t_start - t_data
 
@@ -327,7 +338,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
     bar = tqdm(points, desc="evaluate", disable=not progress, leave=False)
     for p in bar:
         if one_to_one:
-            trained[p.label] = _build_and_train(r, ds, device, store, p, progress)
+            trained[p.label] = _build_and_train(r, ds, device, store, p, progress, retrain=force)
         model = trained[p.label][0]
         cf = bool(getattr(model, "counterfactual", False))
         if "split_class_means" in r.compat:
