@@ -47,7 +47,7 @@ def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
             gm = g[g["metric"] == metric]
             if gm.empty:
                 continue
-            fig, ax = plt.subplots(figsize=(5.5, 4))
+            fig, ax = plt.subplots(figsize=(7, 4))
             for model, gg in gm.groupby("model", sort=True):
                 agg = gg.assign(r=gg["rate"].astype(float)).groupby("r")["value"]
                 mean, std = agg.mean(), agg.std(ddof=0)
@@ -59,7 +59,7 @@ def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
                 title += " [ORACLE tau]"
             ax.set(xlabel="missing rate", ylabel=f"{metric} x100", title=title)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
             paths.append(_save(fig, out / f"curve_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
@@ -75,7 +75,7 @@ def plot_smm(df: pd.DataFrame, out: Path) -> list[Path]:
         models = sorted(gm["model"].unique())
         if not models:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4))
         width = 0.8 / len(models)
         for i, model in enumerate(models):
             gg = gm[gm["model"] == model].groupby("rate")["value"]
@@ -86,7 +86,7 @@ def plot_smm(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xticks(np.arange(len(SMM_ORDER)) + 0.4 - width / 2, SMM_ORDER)
         ax.set(xlabel="modalities kept", ylabel=f"{metric} x100",
                title=f"{dataset} ({variant}) {scenario}, {task}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # bars stay visible
         paths.append(_save(fig, out / f"smm_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
