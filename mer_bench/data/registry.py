@@ -94,7 +94,6 @@ def _synth_cross_loader(name: str) -> CrossLoader:
             return ds
         # only the partner's test split is used: build just that (identical to the file's)
         raw = synth_split(twin, "test", "aligned", scale)
-        raw.pop("audio_lengths", None), raw.pop("vision_lengths", None)
         test, _ = convert_split(raw, f"{twin} [test]", True, "test")
         meta = {"synthetic": True, "generator_version": GENERATOR_VERSION, "scale": scale,
                 "origin": f"synthetic CASP-shaped release ({twin}), test split built in memory"}

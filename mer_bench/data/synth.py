@@ -601,10 +601,13 @@ def _world(
     v_style = _style(p.d_vision, p.vision_signal_dims, srng)
     if knobs.domain_shift:  # a dataset-wide recording-condition offset (cross pairs)
         shift = np.random.default_rng([seed, 10, zlib.crc32(dataset.encode())])
-        a_style = (a_style[0], a_style[1] + knobs.domain_shift * shift.standard_normal(p.d_audio,
-                   dtype=np.float32), a_style[2])
-        v_style = (v_style[0], v_style[1] + knobs.domain_shift * shift.standard_normal(p.d_vision,
-                   dtype=np.float32), v_style[2])
+
+        def shifted(style: tuple[np.ndarray, np.ndarray, np.ndarray]):
+            loading, offset, scale_ = style
+            noise = shift.standard_normal(offset.shape, dtype=np.float32)
+            return loading, offset + knobs.domain_shift * noise, scale_
+
+        a_style, v_style = shifted(a_style), shifted(v_style)
     aligned = variant == "aligned"
     lens = (p.text_len, *((p.text_len, p.text_len) if aligned else (p.len_audio, p.len_vision)))
     labels = synth_labels(dataset, seed, scale)
