@@ -307,7 +307,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compat", default=None, help="official behaviours, e.g. official or a,b")
     p.add_argument("--ablate", default=None, help="ablation switches, comma-separated")
     p.add_argument("--results", default="results", help="results store directory")
-    p.add_argument("--force", action="store_true", help="recompute finished cells and retrain their models (each shared training once)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="recompute finished cells and retrain their models (each shared training once)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
