@@ -65,7 +65,6 @@ from baselines.mult import (
 )
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.steps import accumulated_step
 
 
 def droppable(batch: Batch, modality: str) -> torch.Tensor:
@@ -228,9 +227,3 @@ class MPLMM(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"clip_norm": self.hparams["grad_clip_norm"]}
-
-    def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        return accumulated_step(
-            self, corrupted, optimizer, lambda b: {"loss": self.task_loss(self(b), b)},
-            **self.step_options(),
-        )

@@ -47,7 +47,6 @@ from torch import nn
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.steps import accumulated_step
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -395,9 +394,3 @@ class MulT(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"micro_batch": self.hparams["micro_batch"], "clip_value": self.hparams["grad_clip"]}
-
-    def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        return accumulated_step(
-            self, corrupted, optimizer, lambda b: {"loss": self.task_loss(self(b), b)},
-            **self.step_options(),
-        )

@@ -33,6 +33,7 @@ from torch import nn
 from mer_bench.data.batch import Batch
 from mer_bench.data.schema import DataSpec, Split
 from mer_bench.registry import Registry
+from mer_bench.training.steps import accumulated_step
 
 N_CLASSES = {"binary": 3, "seven": 7}
 
@@ -97,12 +98,12 @@ class BenchModel(nn.Module):
         return {}
 
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        """One optimisation step; returns scalar losses for logging."""
-        optimizer.zero_grad(set_to_none=True)
-        loss = self.task_loss(self(corrupted), corrupted)
-        loss.backward()
-        optimizer.step()
-        return {"loss": float(loss.detach())}
+        """One optimisation step on the task loss, with `step_options()` (micro-batches,
+        clipping); returns scalar losses for logging."""
+        return accumulated_step(
+            self, corrupted, optimizer, lambda b: {"loss": self.task_loss(self(b), b)},
+            **self.step_options(),
+        )
 
     def counterfactual_scores(self, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
