@@ -246,6 +246,10 @@ class MACI(BenchModel):
         self.base.prepare_eval(split)
         self.mcm.set_eval(mean_of_class_means(split, self.task))
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        super().start_epoch(epoch, epochs)
+        self.base.start_epoch(epoch, epochs)
+
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.base(batch)
         if out.joint is None:

@@ -75,6 +75,12 @@ class BenchModel(nn.Module):
         model the split it is about to score (the official MCM reads that split's labels).
         Never called in the default behaviour; recorded in provenance when it is."""
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each training epoch (0-based) with the run's epoch
+        budget, so budget-aware schedules and epoch-dependent steps see both; wrappers pass
+        it on to their base. The default records them."""
+        self.epoch, self.epochs_budget = epoch, epochs
+
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -140,6 +140,7 @@ def train(
     epoch = 0
     for epoch in bar:
         model.train()
+        model.start_epoch(epoch, settings.epochs)
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_split))
         losses: list[dict] = []
         for idx in batches(len(train_split), settings.batch_size, order):
