@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -291,13 +291,30 @@ def _build_and_train(
     return model, result, key, False
 
 
+@dataclass
+class Stage:
+    """What the stages of one cell hand each other: the loaded data, the trained model(s) per
+    grid point, raw predictions, then scores (filled in order by train, predict, score)."""
+
+    r: Resolved
+    ds: Any
+    device: str
+    points: list
+    one_to_one: bool
+    trained: dict[str, tuple] = field(default_factory=dict)
+    test_out: dict[str, dict] = field(default_factory=dict)
+    valid_out: dict[str, dict] = field(default_factory=dict)
+    preds: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    tau_info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progress: bool = False):
     """Train and evaluate one (config, seed) cell and write it to the store; returns its record
-    (or the existing record when the cell is already finished and `force` is False)."""
-    from tqdm.auto import tqdm
-
+    (or the existing record when the cell is already finished and `force` is False).
+    Stages: train -> predict -> score -> record."""
     from mer_bench.data.registry import load_dataset
-    from mer_bench.metrics import HEADLINE, auilc, debias, oracle_tau_metrics, select_tau
 
     r = resolve(cfg, seed)
     store = Store(results)
@@ -313,59 +330,83 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         data_root=cfg.data_root,
         scale=cfg.scale,
     )
-    t_data = time.perf_counter() - t_start
-    task = cfg.task
-    valid, test = ds["valid"], ds["test"]
-    points = list(r.scenario.grid)
-    one_to_one = r.policy == "fixed-rate"
+    st = Stage(r, ds, device, list(r.scenario.grid), r.policy == "fixed-rate")
+    st.timings["data_s"] = time.perf_counter() - t_start
+    _stage_train(st, store, progress, force)
+    st.timings["train_s"] = time.perf_counter() - t_start - st.timings["data_s"]
+    _stage_predict(st, store, progress, force)
+    st.timings["eval_s"] = (
+        time.perf_counter() - t_start - st.timings["data_s"] - st.timings["train_s"]
+    )
+    _stage_score(st)
+    record, rows = _stage_record(st)
+    store.write_run(r.run_id, record, rows, st.preds)
+    return record
 
-    trained: dict[str, tuple] = {}
-    if not one_to_one:
+
+def _stage_train(st: Stage, store: Store, progress: bool, force: bool) -> None:
+    """Train stage: one model for every grid point (one-to-one models train in predict)."""
+    if not st.one_to_one:
         model, tres, key, cached = _build_and_train(
-            r, ds, device, store, points[0], progress, retrain=force
+            st.r, st.ds, st.device, store, st.points[0], progress, retrain=force
         )
-        trained = {p.label: (model, tres, key, cached) for p in points}
-    t_train = time.perf_counter() - t_start - t_data
+        st.trained = {p.label: (model, tres, key, cached) for p in st.points}
 
-    preds: dict[str, np.ndarray] = {
+
+def _stage_predict(st: Stage, store: Store, progress: bool, force: bool) -> None:
+    """Predict stage: test (and, for counterfactual models under `fair`, validation)
+    predictions at every grid point; the masks come from the harness."""
+    from tqdm.auto import tqdm
+
+    r, ds, points = st.r, st.ds, st.points
+    valid, test = ds["valid"], ds["test"]
+    st.preds = {
         "ids": np.asarray(test.id).astype(str),
         "y_reg": test.regression_labels,
-        "labels": test.labels(task),
+        "labels": test.labels(r.cfg.task),
     }
-    valid_out: dict[str, dict] = {}
-    test_out: dict[str, dict] = {}
     keep_joint = {points[0].label, points[len(points) // 2].label, points[-1].label}
     bar = tqdm(points, desc="evaluate", disable=not progress, leave=False)
     for p in bar:
-        if one_to_one:
-            trained[p.label] = _build_and_train(r, ds, device, store, p, progress, retrain=force)
-        model = trained[p.label][0]
+        if st.one_to_one:
+            st.trained[p.label] = _build_and_train(
+                r, ds, st.device, store, p, progress, retrain=force
+            )
+        model = st.trained[p.label][0]
         cf = bool(getattr(model, "counterfactual", False))
         if "split_class_means" in r.compat:
             model.prepare_eval(test)
-        test_out[p.label] = predict(
-            model, test, _eval_drops(r, p), device, counterfactual=cf,
+        st.test_out[p.label] = predict(
+            model, test, _eval_drops(r, p), st.device, counterfactual=cf,
             keep_joint=p.label in keep_joint,
         )
-        if cf and cfg.protocol == "fair":
+        if cf and r.cfg.protocol == "fair":
             if "split_class_means" in r.compat:
                 model.prepare_eval(valid)
-            valid_out[p.label] = predict(model, valid, _eval_drops(r, p), device, counterfactual=True)
-    t_eval = time.perf_counter() - t_start - t_data - t_train
+            st.valid_out[p.label] = predict(
+                model, valid, _eval_drops(r, p), st.device, counterfactual=True
+            )
 
-    # --- scoring: tau on validation (fair) or per metric and point on test (paper, oracle)
-    model0 = trained[points[0].label][0]
+
+def _stage_score(st: Stage) -> None:
+    """Score stage: tau on validation (fair) or per metric and point on test (paper, oracle);
+    also moves the raw predictions into `st.preds` for the store."""
+    from mer_bench.metrics import debias, oracle_tau_metrics, select_tau
+
+    r, points, task = st.r, st.points, st.r.cfg.task
+    valid, test = st.ds["valid"], st.ds["test"]
+    test_out, valid_out, preds, metrics = st.test_out, st.valid_out, st.preds, st.metrics
+    model0 = st.trained[points[0].label][0]
     cf_model = bool(getattr(model0, "counterfactual", False))
-    tau_info: dict[str, Any] = {"counterfactual": cf_model}
-    metrics: dict[str, dict[str, float]] = {}
-    if cf_model and cfg.protocol == "fair":
+    st.tau_info = {"counterfactual": cf_model}
+    if cf_model and r.cfg.protocol == "fair":
         tau, _ = select_tau(
             [valid_out[p.label]["scores"] for p in points],
             [valid_out[p.label]["cf_scores"] for p in points],
             [valid.labels(task) for _ in points],
             task,
         )
-        tau_info.update(tau=float(tau), chosen_on="valid", rule="max mean headline over grid")
+        st.tau_info.update(tau=float(tau), chosen_on="valid", rule="max mean headline over grid")
         for p in points:
             o = test_out[p.label]
             metrics[p.label] = score(model0.output, task, debias(o["scores"], o["cf_scores"], tau), test)
@@ -379,7 +420,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
             metrics[p.label], taus[p.label] = oracle_tau_metrics(
                 o["scores"], o["cf_scores"], test.labels(task), task
             )
-        tau_info.update(tau=taus, chosen_on="test (oracle, per metric and point)")
+        st.tau_info.update(tau=taus, chosen_on="test (oracle, per metric and point)")
     else:
         for p in points:
             metrics[p.label] = score(model0.output, task, test_out[p.label]["scores"], test)
@@ -391,53 +432,63 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         if "joint" in o:
             preds[f"joint@{p.label}"] = o["joint"][:JOINT_SAMPLES].astype(np.float16)
 
-    rows = pd.DataFrame(
+
+def _tidy_rows(st: Stage) -> pd.DataFrame:
+    cfg, r = st.r.cfg, st.r
+    return pd.DataFrame(
         [
             {
                 "run_id": r.run_id,
                 "model": cfg.model,
                 "dataset": cfg.dataset,
                 "variant": cfg.variant,
-                "task": task,
+                "task": cfg.task,
                 "scenario": r.scenario.name,
                 "protocol": cfg.protocol,
-                "seed": seed,
+                "seed": r.seed,
                 "rate": p.label,
                 "metric": m,
                 "value": v,
             }
-            for p in points
-            for m, v in metrics[p.label].items()
+            for p in st.points
+            for m, v in st.metrics[p.label].items()
         ]
     )
+
+
+def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
+    """Record stage: the tidy rows and the provenance record (AUILC over numeric grids)."""
+    from mer_bench.metrics import HEADLINE, auilc
+
+    r, cfg, points, metrics, ds = st.r, st.r.cfg, st.points, st.metrics, st.ds
     auilcs = {}
     if r.scenario.numeric and len(points) > 1:
         xs = [float(p.rate) for p in points]
         for m in metrics[points[0].label]:
             auilcs[m] = float(auilc(xs, [metrics[p.label][m] for p in points]))
-    tres = trained[points[0].label][1]
+    model0, tres = st.trained[points[0].label][0], st.trained[points[0].label][1]
     record = {
         "run_id": r.run_id,
         "status": "finished",
         "model": cfg.model,
         "model_paper": getattr(r.model_cls, "paper", ""),
         "output": model0.output,
-        "training_mode": "one-to-one" if one_to_one else "one-to-all",
+        "training_mode": "one-to-one" if st.one_to_one else "one-to-all",
         "dataset": cfg.dataset,
         "variant": cfg.variant,
-        "task": task,
+        "task": cfg.task,
         "scenario": r.scenario.name,
         "scenario_version": r.scenario.version,
         "scenario_definition": r.scenario.definition,
         "distribution": r.scenario.distribution,
         "protocol": cfg.protocol,
-        "oracle": cfg.protocol == "paper" and cf_model,
-        "seed": seed,
+        "oracle": cfg.protocol == "paper" and st.tau_info["counterfactual"],
+        "seed": r.seed,
         "grid": [p.label for p in points],
         "config": {**asdict(cfg), "resolved_hparams": r.hparams},
         "config_hash": r.config_hash,
-        "train_keys": sorted({v[2] for v in trained.values()}),
-        "checkpoint_reused": all(v[3] for v in trained.values()),
+        "train_keys": sorted({v[2] for v in st.trained.values()}),
+        "checkpoint_reused": all(v[3] for v in st.trained.values()),
         "epochs": r.epochs,
         "patience": r.patience,
         "batch_size": r.batch_size,
@@ -446,9 +497,9 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         "ablations": list(cfg.ablations),
         "text_missing": "unk-id" if r.hparams.get("text_encoder") else "zero-feature",
         "selection": "early stopping on the validation headline metric "
-        + ("at the training rate" if one_to_one else "on complete validation data"),
-        "headline": HEADLINE[task],
-        "tau": tau_info,
+        + ("at the training rate" if st.one_to_one else "on complete validation data"),
+        "headline": HEADLINE[cfg.task],
+        "tau": st.tau_info,
         "n_parameters": int(model0.n_parameters()),
         "model_hparams": effective_hparams(model0),
         "data": {
@@ -469,16 +520,15 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
             "seconds_per_epoch": tres.seconds_per_epoch,
             "history": tres.history,
         },
-        "timings": {"data_s": t_data, "train_s": t_train, "eval_s": t_eval},
-        "peak_memory_mb": provenance.peak_memory_mb(device),
-        "environment": provenance.environment(device),
+        "timings": dict(st.timings),
+        "peak_memory_mb": provenance.peak_memory_mb(st.device),
+        "environment": provenance.environment(st.device),
         "versions": provenance.package_versions(),
         "git_commit": provenance.git_commit(),
         "auilc": auilcs,
         "metrics": metrics,
     }
-    store.write_run(r.run_id, record, rows, preds)
-    return record
+    return record, _tidy_rows(st)
 
 
 # ----------------------------------------------------------------------------- many cells
