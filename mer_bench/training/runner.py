@@ -28,7 +28,6 @@ from mer_bench.training.trainer import (
     TrainSettings,
     predict,
     resolve_device,
-    score,
     seed_torch,
     train,
 )
@@ -389,48 +388,30 @@ def _stage_predict(st: Stage, store: Store, progress: bool, force: bool) -> None
 
 
 def _stage_score(st: Stage) -> None:
-    """Score stage: tau on validation (fair) or per metric and point on test (paper, oracle);
-    also moves the raw predictions into `st.preds` for the store."""
-    from mer_bench.metrics import debias, oracle_tau_metrics, select_tau
+    """Score stage: move the raw predictions into `st.preds` (what the store keeps) and score
+    them with `mer_bench.scoring`, the same pure function `mer-bench report` uses."""
+    from mer_bench.scoring import score_predictions
 
-    r, points, task = st.r, st.points, st.r.cfg.task
-    valid, test = st.ds["valid"], st.ds["test"]
-    test_out, valid_out, preds, metrics = st.test_out, st.valid_out, st.preds, st.metrics
+    r, points, preds = st.r, st.points, st.preds
     model0 = st.trained[points[0].label][0]
-    cf_model = bool(getattr(model0, "counterfactual", False))
-    st.tau_info = {"counterfactual": cf_model}
-    if cf_model and r.cfg.protocol == "fair":
-        tau, _ = select_tau(
-            [valid_out[p.label]["scores"] for p in points],
-            [valid_out[p.label]["cf_scores"] for p in points],
-            [valid.labels(task) for _ in points],
-            task,
-        )
-        st.tau_info.update(tau=float(tau), chosen_on="valid", rule="max mean headline over grid")
-        for p in points:
-            o = test_out[p.label]
-            metrics[p.label] = score(model0.output, task, debias(o["scores"], o["cf_scores"], tau), test)
-            preds[f"valid_scores@{p.label}"] = valid_out[p.label]["scores"]
-            preds[f"valid_cf_scores@{p.label}"] = valid_out[p.label]["cf_scores"]
-        preds["valid_labels"] = valid.labels(task)
-    elif cf_model:
-        taus = {}
-        for p in points:
-            o = test_out[p.label]
-            metrics[p.label], taus[p.label] = oracle_tau_metrics(
-                o["scores"], o["cf_scores"], test.labels(task), task
-            )
-        st.tau_info.update(tau=taus, chosen_on="test (oracle, per metric and point)")
-    else:
-        for p in points:
-            metrics[p.label] = score(model0.output, task, test_out[p.label]["scores"], test)
     for p in points:
-        o = test_out[p.label]
+        o = st.test_out[p.label]
         preds[f"scores@{p.label}"] = o["scores"]
         if "cf_scores" in o:
             preds[f"cf_scores@{p.label}"] = o["cf_scores"]
         if "joint" in o:
             preds[f"joint@{p.label}"] = o["joint"][:JOINT_SAMPLES].astype(np.float16)
+        if p.label in st.valid_out:
+            preds[f"valid_scores@{p.label}"] = st.valid_out[p.label]["scores"]
+            preds[f"valid_cf_scores@{p.label}"] = st.valid_out[p.label]["cf_scores"]
+    if st.valid_out:
+        preds["valid_labels"] = st.ds["valid"].labels(r.cfg.task)
+    scored = score_predictions(
+        preds, output=model0.output, task=r.cfg.task, protocol=r.cfg.protocol,
+        grid=[p.label for p in points],
+    )
+    st.metrics.update(scored.metrics)
+    st.tau_info = {**scored.tau_info, "counterfactual": bool(getattr(model0, "counterfactual", False))}
 
 
 def _tidy_rows(st: Stage) -> pd.DataFrame:
