@@ -1,4 +1,5 @@
-"""`mer-bench` command line: data, ls, scenario, split, run, grid, report, plot, complexity, tune.
+"""`mer-bench` command line: data, ls, scenario, split, run, grid, report, plot, compare,
+complexity, tune.
 
 Every handler raises `UserError` for bad input; `main` turns it into one line on stderr and
 exit code 2. Heavy imports happen inside handlers so `mer-bench ls` stays fast.
@@ -17,6 +18,7 @@ from mer_bench.errors import UserError
 EPILOG = """quick start:
   mer-bench run --model cider --scenario rmfm-ood     # embedded synth-mosi, generated on first use
   mer-bench report && mer-bench plot                  # tables and curves from the results store
+  mer-bench compare --models cider,mult --scenario rmfm-iid   # paired test from the store
   mer-bench ls models|scenarios|datasets
 """
 
@@ -39,6 +41,16 @@ def _ints(text: str) -> list[int]:
     if not vals:
         raise UserError(f"bad seed list {text!r}; expected comma-separated integers")
     return vals
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
 
 
 def _names(text: str) -> list[str]:
@@ -224,14 +236,27 @@ def cmd_grid(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from mer_bench.results.report import write_report
 
-    print(write_report(a.results, out=a.out))
+    print(write_report(a.results, out=a.out, n_boot=a.bootstrap,
+                       convention=a.robustness_convention))
 
 
 def cmd_plot(a: argparse.Namespace) -> None:
     from mer_bench.results.curves import write_plots
 
-    for path in write_plots(a.results, out=a.out):
+    for path in write_plots(a.results, out=a.out, n_boot=a.bootstrap):
         print(path)
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from mer_bench.results.compare import compare_models, compare_stores
+
+    models = _names(a.models) if a.models else None
+    if a.against:
+        print(compare_stores(a.results, a.against, models, a.scenario, a.metric, a.bootstrap))
+        return
+    if not models or not a.scenario:
+        raise UserError("compare needs --models A,B --scenario S, or --results MINE --against DIR")
+    print(compare_models(a.results, models, a.scenario, a.metric, a.protocol, a.bootstrap))
 
 
 def cmd_complexity(a: argparse.Namespace) -> None:
@@ -398,12 +423,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="leaderboards and paper-shaped tables from the store")
     p.add_argument("--results", default="results")
     p.add_argument("--out", default=None, help="output directory (default: the store)")
+    p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--robustness-convention", default="trapezoid",
+                   choices=["trapezoid", "multibench-step"])
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="curves, SMM bars, representation scatter, corrections")
     p.add_argument("--results", default="results")
     p.add_argument("--out", default=None)
+    p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="paired tests: two models of a store, or two stores")
+    p.add_argument("--models", default=None, help="A,B (with --against: restrict its models)")
+    p.add_argument("--scenario", default=None)
+    p.add_argument("--metric", default=None, help="default: the task's headline metric")
+    p.add_argument("--protocol", default="fair", choices=["fair", "paper"])
+    p.add_argument("--results", default="results", help="the store (with --against: MINE)")
+    p.add_argument("--against", default=None, help="a second store, e.g. the committed results/")
+    p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("complexity", help="parameters, peak memory and seconds per epoch")
     p.add_argument("--model", required=True)

@@ -103,22 +103,30 @@ def test_training_is_shared_across_scenarios(tmp_path):
 
 
 def _fake_store(root, protocol_values):
-    """A store with hand-made runs: two models, two protocols, two seeds."""
+    """A store with hand-made runs (predictions with the given Non0_acc_2 per rate): two
+    models, two protocols, two seeds."""
+    import numpy as np
+
     store = Store(root)
+    y = np.tile([0, 2], 50)
     for protocol, model, seed, vals in protocol_values:
         rid = f"{model}__synth-mosi__unaligned__binary__rmfm-iid__{protocol}__s{seed}__x"
-        rows = pd.DataFrame(
-            [
-                dict(run_id=rid, model=model, dataset="synth-mosi", variant="unaligned",
-                     task="binary", scenario="rmfm-iid", protocol=protocol, seed=seed,
-                     rate=r, metric="Non0_acc_2", value=v)
-                for r, v in zip(["0.0", "0.5", "1.0"], vals)
-            ]
-        )
+        grid = ["0.0", "0.5", "1.0"]
+        preds = {"ids": np.array([f"i{i}" for i in range(100)]), "labels": y,
+                 "y_reg": np.where(y == 2, 1.0, -1.0)}
+        for r, v in zip(grid, vals):
+            pred = np.where(np.arange(100) < round(100 * v), y, 2 - y)
+            preds[f"scores@{r}"] = np.eye(3)[pred].astype(np.float32)
         rec = {"run_id": rid, "model": model, "scenario": "rmfm-iid", "seed": seed,
+               "dataset": "synth-mosi", "variant": "unaligned", "task": "binary",
+               "protocol": protocol, "grid": grid, "config_hash": "x", "status": "finished",
                "output": "classification", "tau": {"tau": 0.0}, "train_policy": "x",
                "training": {"epochs_run": 1}}
-        store.write_run(rid, rec, rows, {"labels": __import__("numpy").zeros(1)})
+        rows = pd.DataFrame([dict(run_id=rid, model=model, dataset="synth-mosi",
+                                  variant="unaligned", task="binary", scenario="rmfm-iid",
+                                  protocol=protocol, seed=seed, rate=r, metric="Non0_acc_2",
+                                  value=v) for r, v in zip(grid, vals)])
+        store.write_run(rid, rec, rows, preds)
     return store
 
 
@@ -131,16 +139,17 @@ def test_report_never_mixes_protocols(tmp_path):
         ("fair", "m2", 1, [0.7, 0.5, 0.3]),
         ("paper", "m2", 1, [0.99, 0.99, 0.99]),
     ])
-    write_report(tmp_path)
+    write_report(tmp_path, n_boot=200)
     md = (tmp_path / "leaderboard.md").read_text()
     fair, paper = md.split("## paper protocol")
-    assert "99.00" not in fair and "99.00" in paper
+    assert "99.00" not in fair and "99.00 [" in paper
     assert "ORACLE" in paper
-    # m1 is best among fair runs at every rate, and is bold there
-    assert "**80.00 ± 0.00**" in fair
+    # m1 is best among fair runs at every rate, and is bold there (two seeds: std shown)
+    assert "**80.00 ± 0.00 [" in fair
     auilc = pd.read_csv(tmp_path / "tables" / "fair_synth-mosi_unaligned_binary_auilc.csv",
                         index_col=0)
     assert set(auilc.index) == {"m1", "m2"}
+    assert auilc.loc["m1", "seeds"] == 2 and auilc.loc["m2", "seeds"] == 1
     # trapezoid over [0, 0.5, 1]: (0.8+0.6)/2*0.5 + (0.6+0.4)/2*0.5 = 0.6
     assert auilc.loc["m1"].astype(str).str.contains("60.00").any()
 

@@ -1,4 +1,5 @@
-"""Figures from the store (matplotlib, headless): metric-versus-rate curves, SMM bars, a 2-D
+"""Figures from the store (matplotlib, headless): metric-versus-rate curves with 95% interval
+bands and the majority-class line, SMM bars with interval whiskers, a 2-D
 scatter of joint representations at several rates (the paper's Fig. 8) and, for models with
 counterfactual scoring, a per-sample prediction-correction figure (Fig. 9)."""
 
@@ -11,20 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
+from mer_bench.results import evidence as E  # noqa: E402
+from mer_bench.results.stats import N_BOOT  # noqa: E402
 from mer_bench.results.store import Store  # noqa: E402
+from mer_bench.scoring import numeric_grid  # noqa: E402
 
 CURVE_METRICS = {"binary": ["Non0_acc_2", "Non0_F1_score"], "seven": ["Mult_acc_7", "F1_score_7"]}
 SMM_ORDER = ["L", "A", "V", "LA", "LV", "AV", "LAV"]
-
-
-def _numeric(labels: pd.Series) -> bool:
-    try:
-        labels.astype(float)
-        return True
-    except ValueError:
-        return False
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
@@ -37,54 +31,77 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
+def _name(label: str, flags: dict, group: tuple) -> str:
+    entry = flags.get((*group, label))
+    return label + (" (not converged)" if entry is not None and not entry["converged"] else "")
+
+
+def plot_curves(ev: E.Evidence, out: Path) -> list[Path]:
+    """Metric-versus-rate curves per scenario: the across-seed mean, a band for its 95%
+    bootstrap interval, and the majority-class predictor of the test set as a dashed line."""
     paths = []
-    keys = ["protocol", "dataset", "variant", "task", "scenario"]
-    for (protocol, dataset, variant, task, scenario), g in df.groupby(keys, sort=True):
-        if not _numeric(g["rate"]):
+    flags = E.convergence(ev)
+    for key in sorted({k[:5] for k in ev.cells}):
+        protocol, dataset, variant, task, scenario = key
+        cells = {k[5]: runs for k, runs in ev.cells.items() if k[:5] == key}
+        first = next(iter(cells.values()))[0]
+        if numeric_grid(first.grid) is None:
             continue
         for metric in CURVE_METRICS[task]:
-            gm = g[g["metric"] == metric]
-            if gm.empty:
+            if metric not in first.scored.metrics[first.grid[0]]:
                 continue
             fig, ax = plt.subplots(figsize=(7, 4))
-            for model, gg in gm.groupby("model", sort=True):
-                agg = gg.assign(r=gg["rate"].astype(float)).groupby("r")["value"]
-                mean, std = agg.mean(), agg.std(ddof=0)
-                ax.plot(mean.index, 100 * mean.values, marker="o", ms=3, label=model)
-                ax.fill_between(mean.index, 100 * (mean - std).values, 100 * (mean + std).values,
-                                alpha=0.15)
+            for label, runs in sorted(cells.items()):
+                xs, mean, lo, hi = _band(runs, metric)
+                line = ax.plot(xs, 100 * mean, marker="o", ms=3,
+                               label=_name(label, flags, key[:4]))[0]
+                ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.12, color=line.get_color())
+            ax.axhline(100 * E.majority_metrics(first.preds, task)[metric], color="k", ls="--",
+                       lw=1, label="majority class")
             title = f"{dataset} ({variant}) {scenario}, {task}"
             if protocol == "paper":
                 title += " [ORACLE tau]"
-            ax.set(xlabel="missing rate", ylabel=f"{metric} x100", title=title)
+            ax.set(xlabel="missing rate", ylabel=f"{metric} x100 (band: 95% interval)",
+                   title=title)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
             paths.append(_save(fig, out / f"curve_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
 
-def plot_smm(df: pd.DataFrame, out: Path) -> list[Path]:
+def _band(runs: list, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rates, mean, lo, hi) of a cell's curve over its seeds."""
+    grid = runs[0].grid
+    qs = [E.at_point(runs, metric, g).summary() for g in grid]
+    return (np.array([float(g) for g in grid]), np.array([q.mean for q in qs]),
+            np.array([q.lo for q in qs]), np.array([q.hi for q in qs]))
+
+
+def plot_smm(ev: E.Evidence, out: Path) -> list[Path]:
+    """SMM bars per presence pattern with 95% interval whiskers and the majority line."""
     paths = []
-    keys = ["protocol", "dataset", "variant", "task", "scenario"]
-    for (protocol, dataset, variant, task, scenario), g in df.groupby(keys, sort=True):
-        if _numeric(g["rate"]):
+    flags = E.convergence(ev)
+    for key in sorted({k[:5] for k in ev.cells}):
+        protocol, dataset, variant, task, scenario = key
+        cells = {k[5]: runs for k, runs in ev.cells.items() if k[:5] == key}
+        first = next(iter(cells.values()))[0]
+        if numeric_grid(first.grid) is not None or len(first.grid) < 2:
             continue
         metric = CURVE_METRICS[task][0]
-        gm = g[g["metric"] == metric]
-        models = sorted(gm["model"].unique())
-        if not models:
-            continue
+        models = sorted(cells)
         fig, ax = plt.subplots(figsize=(8.5, 4))
         width = 0.8 / len(models)
         for i, model in enumerate(models):
-            gg = gm[gm["model"] == model].groupby("rate")["value"]
-            mean, std = gg.mean(), gg.std(ddof=0)
-            pats = [p for p in SMM_ORDER if p in mean.index]
+            pats = [p for p in SMM_ORDER if p in cells[model][0].grid]
+            qs = [E.at_point(cells[model], metric, p).summary() for p in pats]
+            mean = np.array([q.mean for q in qs])
+            err = np.abs(np.array([[q.lo for q in qs], [q.hi for q in qs]]) - mean)
             x = np.array([SMM_ORDER.index(p) for p in pats]) + i * width
-            ax.bar(x, 100 * mean[pats].values, width, yerr=100 * std[pats].values, label=model)
+            ax.bar(x, 100 * mean, width, yerr=100 * err, label=_name(model, flags, key[:4]))
+        ax.axhline(100 * E.majority_metrics(first.preds, task)[metric], color="k", ls="--",
+                   lw=1, label="majority class")
         ax.set_xticks(np.arange(len(SMM_ORDER)) + 0.4 - width / 2, SMM_ORDER)
-        ax.set(xlabel="modalities kept", ylabel=f"{metric} x100",
+        ax.set(xlabel="modalities kept", ylabel=f"{metric} x100 (95% interval)",
                title=f"{dataset} ({variant}) {scenario}, {task}")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # bars stay visible
         paths.append(_save(fig, out / f"smm_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
@@ -164,14 +181,16 @@ def plot_corrections(store: Store, records: list[dict], out: Path) -> list[Path]
     return paths
 
 
-def write_plots(results: str | Path = "results", out: str | Path | None = None) -> list[Path]:
-    store = Store(results)
-    df = store.table()
+def write_plots(results: str | Path = "results", out: str | Path | None = None,
+                n_boot: int = N_BOOT) -> list[Path]:
+    """Every figure, from `predictions/` and the run records alone."""
+    ev = E.Evidence(results, n_boot)
+    store = ev.store
     out_dir = Path(out) if out else Path(results) / "figures"
-    records = list(store.records())
+    records = [run.rec for run in ev.runs]
     return (
-        plot_curves(df, out_dir)
-        + plot_smm(df, out_dir)
+        plot_curves(ev, out_dir)
+        + plot_smm(ev, out_dir)
         + plot_joint(store, records, out_dir)
         + plot_corrections(store, records, out_dir)
     )

@@ -9,11 +9,10 @@ over its seeds; `Quantity` objects carry per-seed point values and bootstrap rep
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-
-import zlib
 
 import numpy as np
 import pandas as pd

@@ -1,19 +1,26 @@
-"""Leaderboards from the store: AUILC tables and per-rate tables, mean and std x100 over seeds.
+"""Leaderboards from the store: AUILC, robustness, SMM-dependence and per-rate tables with
+intervals, seeds, significance marks and convergence flags.
 
-Why: the report is a pure function of the store, so tables can be rebuilt anywhere without
-retraining; `fair` and `paper` (oracle tau) results live in separate sections and files and are
-never ranked together.
+Why: the report is a pure function of stored predictions, records and the metric rules (no
+model, no checkpoint, no stored metric values), so tables can be rebuilt anywhere without
+retraining and a new metric needs no retraining; `fair` and `paper` (oracle tau) results live in
+separate sections and files and are never ranked together. A model whose complete-data IID
+headline interval overlaps the majority-class predictor is flagged "not converged" everywhere
+and never marked best.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mer_bench.metrics import HIGHER_IS_BETTER, auilc
-from mer_bench.results.store import Store, atomic_write_text
+from mer_bench.metrics import HEADLINE, HIGHER_IS_BETTER, auilc
+from mer_bench.results import evidence as E
+from mer_bench.results import stats
+from mer_bench.results.store import atomic_write_text
 
 TABLE_METRICS = {
     "binary": ["Non0_acc_2", "Non0_F1_score"],
@@ -51,44 +58,9 @@ def auilc_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=keys + ["value"])
 
 
-def mean_std(values: pd.Series) -> tuple[float, float, int]:
-    v = values.to_numpy(dtype=float)
-    return float(np.mean(v)), float(np.std(v)), len(v)
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    """MMSA-style cell: mean x100, with the population std x100 when there are several seeds."""
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
-
-
-def _pivot(df: pd.DataFrame, col: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(formatted table, numeric means) with models as rows and `col` values as columns."""
-    cells, means = {}, {}
-    for (model, c, metric), g in df.groupby(["model", col, "metric"], sort=False):
-        m, s, n = mean_std(g["value"])
-        cells.setdefault(model, {})[(c, metric)] = _fmt(m, s, n)
-        means.setdefault(model, {})[(c, metric)] = m
-    return pd.DataFrame(cells).T, pd.DataFrame(means).T
-
-
-def _mark_best(table: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
-    out = table.copy()
-    if len(means) < 2:
-        return out
-    for column in means.columns:
-        metric = column[1] if isinstance(column, tuple) else column
-        col = means[column].astype(float)
-        if col.isna().all():
-            continue
-        best = col.max() if HIGHER_IS_BETTER.get(metric, True) else col.min()
-        for model in col.index[np.isclose(col, best)]:
-            out.loc[model, column] = f"**{out.loc[model, column]}**"
-    return out
-
-
 def _flat(table: pd.DataFrame) -> pd.DataFrame:
     flat = table.copy()
-    flat.columns = [" ".join(str(x) for x in c) if isinstance(c, tuple) else str(c)
+    flat.columns = [" ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c)
                     for c in flat.columns]
     flat.index.name = "model"
     return flat
@@ -100,103 +72,289 @@ def _markdown(table: pd.DataFrame, first: str = "model") -> str:
     return flat.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
-def _seeds(df: pd.DataFrame) -> str:
-    seeds = sorted(df["seed"].unique())
-    return ", ".join(str(s) for s in seeds)
+def _x100(v: float) -> str:
+    return f"{100 * v:.2f}"
 
 
-def write_report(results: str | Path = "results", out: str | Path | None = None) -> str:
-    """Write `leaderboard.md`, `per_rate.csv`, `auilc.csv` and `tables/*.csv`; return a summary."""
-    store = Store(results)
-    df = store.table()
+def fmt_summary(s: E.Summary, n_row: int | None = None, signed: bool = False) -> str:
+    """`mean ± std [lo, hi]` x100 (std only with several seeds; n when it differs from the row's)."""
+    sign = "+" if signed else ""
+    text = f"{100 * s.mean:{sign}.2f}" + (f" ± {100 * s.std:.2f}" if s.n > 1 else "")
+    text += f" [{_x100(s.lo)}, {_x100(s.hi)}]"
+    return text + (f" (n={s.n})" if n_row is not None and s.n != n_row else "")
+
+
+def column_marks(qs: dict[str, E.Quantity], higher: bool, excluded: set[str],
+                 alpha: float = stats.ALPHA) -> dict[str, str]:
+    """Per column: `best` (highest mean among converged models) and `tie` for every model not
+    significantly different from it (paired bootstrap p, Holm-corrected over the column)."""
+    means = {m: float(np.mean(q.point)) for m, q in qs.items()
+             if m not in excluded and np.isfinite(np.mean(q.point))}
+    if len(means) < 2:
+        return {}
+    best = (max if higher else min)(means, key=means.get)
+    others = [m for m in means if m != best]
+    adj = stats.holm([E.paired(qs[m], qs[best])[3] for m in others])
+    marks = {best: "best"}
+    marks.update({m: "tie" for m, p in zip(others, adj) if not p < alpha})
+    return marks
+
+
+def _marked(text: str, mark: str) -> str:
+    return f"**{text}**" if mark == "best" else (f"{text} ≈" if mark == "tie" else text)
+
+
+@dataclass
+class Group:
+    """One (protocol, dataset, variant, task) section of the leaderboard."""
+
+    protocol: str
+    dataset: str
+    variant: str
+    task: str
+    cells: dict[tuple[str, str], list]  # (scenario, label) -> runs
+    flags: dict[str, dict]  # label -> convergence entry
+    long: list[dict]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.protocol}_{self.dataset}_{self.variant}_{self.task}"
+
+    def name(self, label: str) -> str:
+        entry = self.flags.get(label)
+        return label + (" (not converged)" if entry is not None and not entry["converged"] else "")
+
+    @property
+    def excluded(self) -> set[str]:
+        return {m for m, e in self.flags.items() if not e["converged"]}
+
+    def labels(self) -> list[str]:
+        return sorted({lab for _, lab in self.cells})
+
+    def scenarios(self) -> list[str]:
+        return sorted({sc for sc, _ in self.cells})
+
+    def n_seeds(self, label: str) -> int:
+        return max(len(runs) for (sc, lab), runs in self.cells.items() if lab == label)
+
+
+def _column(g: Group, scenario: str, metric: str, qs: dict[str, E.Quantity], what: str,
+            higher: bool = True) -> dict[str, str]:
+    """Formatted, marked cells of one column; also appends its long-form rows."""
+    marks = column_marks(qs, higher, g.excluded)
+    out = {}
+    for label, q in qs.items():
+        s = q.summary()
+        out[g.name(label)] = _marked(fmt_summary(s, g.n_seeds(label)), marks.get(label, ""))
+        g.long.append({"protocol": g.protocol, "dataset": g.dataset, "variant": g.variant,
+                       "task": g.task, "scenario": scenario, "model": label, "quantity": what,
+                       "metric": metric, "mean": s.mean, "std": s.std, "lo": s.lo, "hi": s.hi,
+                       "n": s.n, "mark": marks.get(label, ""),
+                       "converged": label not in g.excluded})
+    return out
+
+
+def _auilc_table(g: Group, metrics: list[str]) -> pd.DataFrame:
+    cols: dict[tuple[str, str], dict[str, str]] = {}
+    for scenario in g.scenarios():
+        for metric in metrics:
+            qs = {lab: q for (sc, lab), runs in g.cells.items() if sc == scenario
+                  for q in [E.auilc_of(runs, metric)] if q is not None}
+            if qs:
+                cols[(scenario, metric)] = _column(g, scenario, metric, qs, "AUILC",
+                                                   HIGHER_IS_BETTER.get(metric, True))
+    table = pd.DataFrame(cols)
+    if table.empty:
+        return table
+    table.insert(0, "seeds", [str(g.n_seeds(_bare(n))) for n in table.index])
+    return table
+
+
+def _bare(name: str) -> str:
+    return name.removesuffix(" (not converged)")
+
+
+def _reference(g: Group, scenario: str) -> list | None:
+    refs = [runs for (sc, lab), runs in g.cells.items() if sc == scenario
+            and lab.split("@")[0] == REFERENCE]
+    return refs[0] if len(refs) == 1 else None
+
+
+def _robustness_table(g: Group, metric: str, convention: str) -> pd.DataFrame:
+    cols: dict[tuple[str, str], dict[str, str]] = {}
+    for scenario in g.scenarios():
+        ref = _reference(g, scenario)
+        rel, eff = {}, {}
+        for (sc, lab), runs in g.cells.items():
+            if sc != scenario:
+                continue
+            q = E.relative_of(runs, metric, convention)
+            if q is not None:
+                rel[lab] = q
+            q = E.effective_of(runs, ref, metric, convention) if ref is not None else None
+            if q is not None:
+                eff[lab] = q
+        if rel:
+            cols[(scenario, "RR")] = _column(g, scenario, metric, rel, f"RR {convention}")
+        if eff:
+            cols[(scenario, f"ER vs {REFERENCE}")] = _column(g, scenario, metric, eff,
+                                                             f"ER {convention}")
+    return pd.DataFrame(cols)
+
+
+def _smm_table(g: Group, scenario: str, metric: str) -> pd.DataFrame:
+    cols: dict[str, dict[str, str]] = {}
+    per: dict[str, dict[str, E.Quantity]] = {}
+    for (sc, lab), runs in g.cells.items():
+        if sc == scenario:
+            for name, q in E.smm_of(runs, metric).items():
+                per.setdefault(name, {})[lab] = q
+    for name, qs in per.items():
+        out = {}
+        for lab, q in qs.items():
+            s = q.summary()
+            out[g.name(lab)] = fmt_summary(s, g.n_seeds(lab), signed=True)
+            g.long.append({"protocol": g.protocol, "dataset": g.dataset, "variant": g.variant,
+                           "task": g.task, "scenario": scenario, "model": lab,
+                           "quantity": f"drop {name}", "metric": metric, "mean": s.mean,
+                           "std": s.std, "lo": s.lo, "hi": s.hi, "n": s.n, "mark": "",
+                           "converged": lab not in g.excluded})
+        cols[name] = out
+    return pd.DataFrame(cols)
+
+
+def _per_rate_table(g: Group, scenario: str, metric: str) -> pd.DataFrame:
+    cells = {lab: runs for (sc, lab), runs in g.cells.items() if sc == scenario}
+    grid = sorted({p for runs in cells.values() for p in runs[0].grid}, key=_rate_key)
+    cols: dict[str, dict[str, str]] = {}
+    for point in grid:
+        qs = {lab: E.at_point(runs, metric, point) for lab, runs in cells.items()
+              if point in runs[0].grid}
+        cols[point] = _column(g, scenario, metric, qs, point, HIGHER_IS_BETTER.get(metric, True))
+    table = pd.DataFrame(cols)
+    first = next(iter(cells.values()))[0]
+    if first.rec["task"] in TABLE_METRICS and metric in E.majority_metrics(first.preds, g.task):
+        table.loc["majority class"] = _x100(E.majority_metrics(first.preds, g.task)[metric])
+    return table
+
+
+REFERENCE = "lf_dnn"  # effective robustness is measured against this model's curve
+
+
+def _group_lines(g: Group, metrics: list[str], convention: str, tables_dir: Path,
+                 written: list[Path]) -> list[str]:
+    head = HEADLINE[g.task]
+    seeds = sorted({r.rec["seed"] for runs in g.cells.values() for r in runs})
+    lines = [f"### {g.dataset} ({g.variant}), task `{g.task}`; seeds "
+             + ", ".join(map(str, seeds)), ""]
+    lines += _convergence_lines(g, head)
+
+    def emit(title: str, table: pd.DataFrame, name: str) -> None:
+        if table.empty:
+            return
+        lines.extend([title, "", _markdown(table), ""])
+        p = tables_dir / f"{g.stem}_{name}.csv"
+        atomic_write_text(p, _flat(table).to_csv())
+        written.append(p)
+
+    emit("AUILC x100 (rows: models; columns: scenario, metric)", _auilc_table(g, metrics), "auilc")
+    emit(f"Robustness of {head} x100: RR = relative robustness ({convention}), ER = effective "
+         f"robustness against `{REFERENCE}` on the same data and seeds",
+         _robustness_table(g, head, convention), "robustness")
+    for scenario in g.scenarios():
+        if scenario.startswith("smm"):
+            emit(f"`{scenario}` per-modality dependence: drop of {head} x100 from LAV when the "
+                 "modality is the only one kept / is removed", _smm_table(g, scenario, head),
+                 f"{scenario}_dependence")
+        for metric in metrics:
+            emit(f"`{scenario}` {metric} x100 per rate", _per_rate_table(g, scenario, metric),
+                 f"{scenario}_{metric}_per_rate")
+    return lines
+
+
+def _convergence_lines(g: Group, head: str) -> list[str]:
+    bad = sorted(m for m, e in g.flags.items() if not e["converged"])
+    maj = sorted({_x100(e["majority"]) for e in g.flags.values()})
+    lines = [f"Majority-class predictor on the IID test set: {head} {', '.join(maj) or '-'}."]
+    if bad:
+        lines.append("**Not converged** (complete-data IID interval overlaps the majority "
+                     "class; never marked best): " + ", ".join(f"`{m}`" for m in bad) + ".")
+    return lines + [""]
+
+
+def _groups(ev: E.Evidence) -> list[Group]:
+    conv = E.convergence(ev)
+    groups: dict[tuple, Group] = {}
+    for (protocol, dataset, variant, task, scenario, label), runs in ev.cells.items():
+        key = (protocol, dataset, variant, task)
+        if key not in groups:
+            flags = {k[4]: v for k, v in conv.items() if k[:4] == key}
+            groups[key] = Group(*key, cells={}, flags=flags, long=[])
+        groups[key].cells[(scenario, label)] = runs
+    return [groups[k] for k in sorted(groups)]
+
+
+def write_report(results: str | Path = "results", out: str | Path | None = None,
+                 n_boot: int = stats.N_BOOT, convention: str = "trapezoid") -> str:
+    """Write `leaderboard.md`, `per_rate.csv`, `auilc.csv`, `cells.csv` and `tables/*.csv`,
+    all recomputed from `predictions/` and the run records; return a summary line."""
+    if convention not in stats.CONVENTIONS:
+        from mer_bench.errors import UserError
+
+        raise UserError(f"unknown robustness convention {convention!r}; choose one of: "
+                        + ", ".join(stats.CONVENTIONS))
+    ev = E.Evidence(results, n_boot)
+    df = ev.table()
     out_dir = Path(out) if out else Path(results)
     tables_dir = out_dir / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
-    records = {rec["run_id"]: rec for rec in store.records()}
-    paths = {r: records.get(r, {}).get("output", "?") for r in df["run_id"].unique()}
-    df["path"] = df["run_id"].map(paths)
-    df = _label_configs(df, records)
-    au = auilc_rows(df)
     atomic_write_text(out_dir / "per_rate.csv", df.to_csv(index=False))
-    atomic_write_text(out_dir / "auilc.csv", au.to_csv(index=False))
-
+    atomic_write_text(out_dir / "auilc.csv", auilc_rows(df).to_csv(index=False))
     lines = [
         "# mer-bench leaderboard",
         "",
-        "Generated by `mer-bench report` from the results store. Cells are mean ± population std "
-        "x100 over seeds (MMSA style); **bold** marks the best value per column. AUILC is the "
-        "trapezoid over the actual rate grid (a fraction, shown x100). Classification models "
-        "(CIDer path) and regression models (MMSA path) share metric names; the `path` column "
-        "says which scorer rule produced a row (see `mer_bench/metrics.py`).",
+        "Generated by `mer-bench report`, recomputed from `predictions/` and the run records "
+        "alone. Cells are x100: mean ± population std over seeds (std shown with several seeds) "
+        f"and [lo, hi], the 95% interval of the mean from a seeded paired bootstrap ({n_boot} "
+        "resamples of the test samples, the same for every model, rate and seed; seeds "
+        "resampled too); `seeds` is the number of seeds, `(n=k)` marks a cell with another "
+        "count. **Bold**: best in its column among converged models; `≈`: not significantly "
+        "different from the best (paired bootstrap, Holm-corrected over the column, alpha "
+        "0.05). AUILC is the trapezoid over the actual rate grid (a fraction, shown x100). "
+        "Classification models (CIDer path) and regression models (MMSA path) share metric "
+        "names; see `mer_bench/metrics.py`.",
         "",
     ]
-    written = []
+    written: list[Path] = []
+    long: list[dict] = []
     for protocol in ("fair", "paper"):
-        pdf = df[df["protocol"] == protocol]
-        if pdf.empty:
-            continue
-        lines += [f"## {PROTOCOL_TITLE[protocol]}", ""]
-        pau = au[au["protocol"] == protocol]
-        for (dataset, variant, task), g in pdf.groupby(["dataset", "variant", "task"], sort=True):
-            metrics = [m for m in TABLE_METRICS[task] if m in set(g["metric"])]
-            stem = f"{protocol}_{dataset}_{variant}_{task}"
-            lines += [f"### {dataset} ({variant}), task `{task}`; seeds {_seeds(g)}", ""]
-            ga = pau[(pau["dataset"] == dataset) & (pau["variant"] == variant)
-                     & (pau["task"] == task) & pau["metric"].isin(metrics)]
-            if not ga.empty:
-                table, means = _pivot(ga, "scenario")
-                table = table.reindex(columns=sorted(table.columns))
-                means = means.reindex(columns=sorted(means.columns))
-                table.insert(0, "path", [paths_for(g, m) for m in table.index])
-                lines += ["AUILC x100 (rows: models; columns: scenario, metric)", "",
-                          _markdown(_mark_best(table, means)), ""]
-                p = tables_dir / f"{stem}_auilc.csv"
-                atomic_write_text(p, _flat(table).to_csv())
-                written.append(p)
-            for scenario, gs in g.groupby("scenario", sort=True):
-                for metric in metrics:
-                    gm = gs[gs["metric"] == metric]
-                    if gm.empty:
-                        continue
-                    table, means = _pivot(gm, "rate")
-                    cols = sorted(table.columns, key=lambda c: _rate_key(c[0]))
-                    table, means = table.reindex(columns=cols), means.reindex(columns=cols)
-                    table.columns = [c[0] for c in cols]
-                    means.columns = [c[0] for c in cols]
-                    means.columns = pd.MultiIndex.from_tuples([(c, metric) for c in means.columns])
-                    marked = _mark_best(
-                        table.set_axis(means.columns, axis=1), means
-                    ).set_axis(table.columns, axis=1)
-                    lines += [f"`{scenario}` {metric} x100 per rate", "", _markdown(marked), ""]
-                    p = tables_dir / f"{stem}_{scenario}_{metric}_per_rate.csv"
-                    atomic_write_text(p, _flat(table).to_csv())
-                    written.append(p)
-    lines += ["## Runs", "", "| run id | model | scenario | protocol | seed | tau | train policy "
-              "| epochs run |", "|---|---|---|---|---|---|---|---|"]
-    for rid, rec in sorted(records.items()):
-        tau = rec.get("tau", {})
-        tau_s = "oracle" if isinstance(tau.get("tau"), dict) else str(tau.get("tau", "-"))
-        lines.append(
-            f"| `{rid}` | {rec['model']} | {rec['scenario']} | {rec.get('protocol', '-')} | "
-            f"{rec['seed']} | {tau_s} | "
-            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} |"
-        )
+        groups = [g for g in _groups(ev) if g.protocol == protocol]
+        if groups:
+            lines += [f"## {PROTOCOL_TITLE[protocol]}", ""]
+        for g in groups:
+            metrics = [m for m in TABLE_METRICS[g.task]
+                       if any(m in runs[0].scored.metrics[runs[0].grid[0]]
+                              for runs in g.cells.values())]
+            lines += _group_lines(g, metrics, convention, tables_dir, written)
+            long += g.long
+    atomic_write_text(out_dir / "cells.csv", pd.DataFrame(long).to_csv(index=False))
+    lines += _runs_lines(ev)
     md = out_dir / "leaderboard.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
-    return f"wrote {md}, {out_dir / 'per_rate.csv'}, {out_dir / 'auilc.csv'} and {len(written)} tables in {tables_dir}"
+    return (f"wrote {md}, {out_dir / 'per_rate.csv'}, {out_dir / 'auilc.csv'}, "
+            f"{out_dir / 'cells.csv'} and {len(written)} tables in {tables_dir}")
 
 
-def _label_configs(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
-    """Never average different configurations: when one model was run with several configs
-    (epochs, hyper-parameters, policies ...) in the same table, rows are labelled model@hash."""
-    df = df.copy()
-    df["config_hash"] = df["run_id"].map(lambda r: records.get(r, {}).get("config_hash", ""))
-    keys = ["dataset", "variant", "task", "protocol", "scenario", "model"]
-    n = df.groupby(keys)["config_hash"].transform("nunique")
-    df.loc[n > 1, "model"] = df.loc[n > 1, "model"] + "@" + df.loc[n > 1, "config_hash"]
-    return df
-
-
-def paths_for(g: pd.DataFrame, model: str) -> str:
-    vals = g.loc[g["model"] == model, "path"].unique()
-    return ",".join(sorted(str(v) for v in vals))
+def _runs_lines(ev: E.Evidence) -> list[str]:
+    lines = ["## Runs", "", "| run id | model | scenario | protocol | seed | tau | train policy "
+             "| epochs run |", "|---|---|---|---|---|---|---|---|"]
+    for run in sorted(ev.runs, key=lambda r: r.rec["run_id"]):
+        rec = run.rec
+        tau = run.scored.tau_info.get("tau", "-")
+        tau_s = "oracle" if isinstance(tau, dict) else str(tau)
+        lines.append(
+            f"| `{rec['run_id']}` | {rec['model']} | {rec['scenario']} | "
+            f"{rec.get('protocol', '-')} | {rec['seed']} | {tau_s} | "
+            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} |"
+        )
+    return lines
