@@ -485,6 +485,9 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
 def _worker(cells: list[tuple[RunConfig, int]], results: str, force: bool, threads: int):
     """Run a group of cells sharing one training in one process, with a fixed thread count so
     parallel workers do not oversubscribe the cores."""
+    from mer_bench.alloc import tune_allocator
+
+    tune_allocator()  # a fresh worker process (joblib/Ray) did not run the CLI's entry
     torch.set_num_threads(threads)
     return [run_cell(cfg, seed, results, force=force)["run_id"] for cfg, seed in cells]
 
