@@ -92,3 +92,29 @@ def test_allocator_settings_apply_once_and_are_reported():
     out = torch.ones(1000, 1000) * 2  # allocations still work afterwards
     assert float(out.sum()) == 2e6
     assert np.isfinite(out.numpy()).all()
+
+
+def test_progress_total_is_the_early_stopping_horizon():
+    from mer_bench.training.progress import EpochBar, stop_horizon
+
+    assert stop_horizon(-1, 10, 200) == 11  # before any validation: patience + 1 epochs
+    assert stop_horizon(4, 10, 200) == 15  # best at epoch 4: stops after epoch 14
+    assert stop_horizon(195, 10, 200) == 200  # capped by the budget
+    bar = EpochBar(200, 3, "t", enabled=False)
+    totals = []
+    for epoch, best in enumerate([0, 1, 1, 1, 4]):
+        bar.update(best, epoch - best)
+        totals.append(bar.bar.total)
+    bar.close()
+    assert totals == [4, 5, 5, 5, 8]
+
+
+@pytest.mark.slow  # two worker processes: tens of seconds on a shared 2-core machine
+def test_parallel_grid_counts_trainings_on_its_bar(tmp_path, capsys):
+    from mer_bench.training.runner import RunConfig, run_cells
+
+    cfg = RunConfig(model="lf_dnn", scenario="rmfm-iid", dataset="synth-mosi", scale=0.05,
+                    epochs=1, rates=(0.0, 1.0))
+    records = run_cells([(cfg, 1111), (cfg, 1112)], results=str(tmp_path), jobs=2, progress=True)
+    assert len(records) == 2
+    assert "grid: 100%" in capsys.readouterr().err
