@@ -118,3 +118,15 @@ def test_parallel_grid_counts_trainings_on_its_bar(tmp_path, capsys):
     records = run_cells([(cfg, 1111), (cfg, 1112)], results=str(tmp_path), jobs=2, progress=True)
     assert len(records) == 2
     assert "grid: 100%" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_gpu_check_refuses_cleanly_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and "no CUDA device" in out.stderr
