@@ -130,3 +130,22 @@ def test_gpu_check_refuses_cleanly_without_cuda():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stdout == "" and out.stderr.count("\n") == 1 and "no CUDA device" in out.stderr
+
+
+@pytest.mark.parametrize("lens", [(5, 5, 5), (4, 9, 6)])
+def test_mca_gradients_equal_the_seven_masked_softmaxes(lens):
+    from test_cider import reference_mca
+
+    from cider.mct import MCA
+
+    torch.manual_seed(0)
+    mca = MCA(8, 2).eval()
+    x = (torch.randn(3, sum(lens), 8) * 3).requires_grad_()
+    grads = []
+    for fn in (lambda: mca(x, lens, need_scores=True)[0], lambda: reference_mca(mca, x, lens)):
+        x.grad = None
+        mca.zero_grad()
+        (fn() * torch.linspace(-1, 1, x.numel()).view_as(x)).sum().backward()
+        grads.append([x.grad.clone(), mca.in_proj.weight.grad.clone()])
+    for new, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-4)
