@@ -97,8 +97,9 @@ class MCA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, N, E) -> (B, N, E) and, if asked, the raw scaled scores S (B, H, N, N)."""
         q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        q = _heads(q * self.scaling, self.heads)
-        k, v = _heads(k, self.heads), _heads(v, self.heads)
+        # contiguous head layouts: every block below is then a strided view, never a copy
+        q = _heads(q * self.scaling, self.heads).contiguous()
+        k, v = _heads(k, self.heads).contiguous(), _heads(v, self.heads).contiguous()
         cut = (0, lens[0], lens[0] + lens[1], sum(lens))
         # The score tensor S = q k^T, computed block by block (slicing one materialised S
         # would make autograd zero-fill an N x N gradient per slice).
@@ -113,7 +114,8 @@ class MCA(nn.Module):
             # per key block j: shift, exp-sum and weighted values of this query block
             shift, total, value, value_drop = [], [], [], []
             for j in range(3):
-                mx = blocks[m][j].amax(-1, keepdim=True).detach()
+                with torch.no_grad():  # the shift is a constant: no graph, nothing saved
+                    mx = blocks[m][j].amax(-1, keepdim=True)
                 e = torch.sub(blocks[m][j], mx).exp_()
                 shift.append(mx)
                 total.append(e.sum(-1, keepdim=True))

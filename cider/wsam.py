@@ -7,11 +7,16 @@ the MCT sees 3 x T_l tokens instead of T_l + T_a + T_v.
 Masking (official `compressed_multihead_attention.py`): a query row is allowed only at a real
 content token ([CLS], [SEP] and padding rows are excluded) and a key only at a valid frame.
 Excluded query rows get all-zero weights, so their output is the output-projection bias.
+
+Speed: the attention runs in `scaled_dot_product_attention` with a key mask (the fused CPU/CUDA
+kernels never materialise the T_l x T_o weights); excluded query rows, and rows without any
+valid key, are zeroed afterwards, which is exactly the official masked-softmax-times-mask.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NEG = -1e9
@@ -41,10 +46,13 @@ class WSAM(nn.Module):
         q = nn.functional.linear(text, w[:e], b[:e]) * self.scaling
         kv = nn.functional.linear(other, w[e:], b[e:])
         k, v = kv[..., :e], kv[..., e:]
-        allowed = query_ok.unsqueeze(2) & key_ok.unsqueeze(1)  # (B, T_l, T_o)
-        scores = torch.bmm(q, k.transpose(1, 2)).masked_fill(~allowed, NEG)
-        weights = torch.softmax(scores, dim=-1) * allowed.to(scores.dtype)
-        return self.out_proj(torch.bmm(self.attn_dropout(weights), v))
+        any_key = key_ok.any(dim=1)
+        # a sample without valid keys attends to every key, and its rows are zeroed below
+        keys = (key_ok | ~any_key[:, None]).unsqueeze(1)  # (B, 1, T_o)
+        p = self.attn_dropout.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p, scale=1.0)
+        rows = (query_ok & any_key[:, None]).unsqueeze(2).to(out.dtype)
+        return self.out_proj(out * rows)
 
 
 def wsam_query_mask(valid_text: torch.Tensor, text_len: torch.Tensor, specials: bool) -> torch.Tensor:

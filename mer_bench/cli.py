@@ -468,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mer_bench.alloc import tune_allocator
+
+    tune_allocator()  # before any tensor exists: see mer_bench/alloc.py
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()

@@ -23,6 +23,7 @@ import torch
 from mer_bench.errors import UserError
 from mer_bench.results.store import Store, atomic_write_bytes
 from mer_bench.training import provenance
+from mer_bench.training.progress import grid_bar
 from mer_bench.training.trainer import (
     TrainResult,
     TrainSettings,
@@ -516,6 +517,9 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
 def _worker(cells: list[tuple[RunConfig, int]], results: str, force: bool, threads: int):
     """Run a group of cells sharing one training in one process, with a fixed thread count so
     parallel workers do not oversubscribe the cores."""
+    from mer_bench.alloc import tune_allocator
+
+    tune_allocator()  # a fresh worker process (joblib/Ray) did not run the CLI's entry
     torch.set_num_threads(threads)
     return [run_cell(cfg, seed, results, force=force)["run_id"] for cfg, seed in cells]
 
@@ -548,16 +552,21 @@ def run_cells(
         raise UserError("--jobs must be >= 1")
     groups = _groups(todo)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(groups) or 1)))
+    bar = grid_bar(len(groups), progress and backend != "ray")
     if backend == "ray":
         _run_ray(groups, results, force, threads, address)
     elif jobs == 1 or len(groups) <= 1:
         for group in groups:
             for cfg, seed in group:
                 run_cell(cfg, seed, results, force=force, progress=progress)
+            bar.update(1)
     else:
         from joblib import Parallel, delayed
 
-        Parallel(n_jobs=jobs)(delayed(_worker)(g, results, force, threads) for g in groups)
+        par = Parallel(n_jobs=jobs, return_as="generator_unordered")
+        for _ in par(delayed(_worker)(g, results, force, threads) for g in groups):
+            bar.update(1)
+    bar.close()
     records = [store.load_record(t[0].run_id) for t in resolved if store.is_done(t[0].run_id)]
     if progress:
         print(summary_table(records))

@@ -127,7 +127,7 @@ def train(
 ) -> TrainResult:
     """Train with early stopping on the validation headline metric averaged over
     `valid_points`; the best state is loaded back into `model` at the end."""
-    from tqdm.auto import tqdm
+    from mer_bench.training.progress import EpochBar
 
     device = settings.device
     model.to(device)
@@ -136,9 +136,9 @@ def train(
     best, best_epoch, best_state, wait = -np.inf, -1, None, 0
     history: list[dict] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(settings.epochs), desc=desc, disable=not progress, leave=False)
+    bar = EpochBar(settings.epochs, settings.patience, desc, progress)
     epoch = 0
-    for epoch in bar:
+    for epoch in range(settings.epochs):
         model.train()
         model.start_epoch(epoch, settings.epochs)
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_split))
@@ -156,14 +156,15 @@ def train(
         val = float(np.mean(vals)) if vals else float(epoch)
         mean_loss = float(np.mean([sum(x.values()) for x in losses])) if losses else float("nan")
         history.append({"epoch": epoch, "loss": mean_loss, f"valid_{headline}": val})
-        bar.set_postfix(loss=f"{mean_loss:.3f}", valid=f"{val:.3f}", best=f"{max(best, val):.3f}")
         if val > best:
             best, best_epoch, wait = val, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-            if wait >= settings.patience:
-                break
+        bar.update(best_epoch, wait, loss=f"{mean_loss:.3f}", valid=f"{val:.3f}", best=f"{best:.3f}")
+        if wait >= settings.patience:
+            break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - t0
