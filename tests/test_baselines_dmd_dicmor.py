@@ -198,7 +198,7 @@ def test_dmd_flattened_features_are_zero_at_padded_steps():
 TINY_RUN = dict(dataset="synth-mosi", variant="aligned", scale=0.05, epochs=1, rates=(0.0, 1.0))
 
 
-@pytest.mark.parametrize("model", ["dmd", "dicmor", "dicmor_all"])
+@pytest.mark.parametrize("model", ["dmd", "dicmor", "dicmor_all", "glomo"])
 def test_runs_rmfm_iid_ood_and_smm(model, tmp_path):
     for scenario in ("rmfm-iid", "rmfm-ood", "smm-iid"):
         rates = {} if scenario.startswith("smm") else {"rates": (0.0, 1.0)}
@@ -210,3 +210,56 @@ def test_runs_rmfm_iid_ood_and_smm(model, tmp_path):
         assert all(math.isfinite(v[head]) for v in rec["metrics"].values())
         expected = "one-to-one" if model == "dicmor" else "one-to-all"
         assert rec["training_mode"] == expected
+
+
+# --- GLoMo ---------------------------------------------------------------------------------
+TINY_GLOMO = {"d_model": 8, "num_heads": 2, "layers": 1, "fusion_heads": 2, "fusion_ff": 16,
+              "fusion_layers": 1}
+
+
+def test_glomo_parameters_at_mosi_dims():
+    m = build_model("glomo", MOSI_UNALIGNED, "binary")
+    assert m.n_parameters() == 2_084_999  # the docstring's breakdown
+    assert sum(p.numel() for p in m.fusion.parameters()) == 865_984
+
+
+def test_glomo_moe_routes_each_sample_to_top_two_experts():
+    from baselines.glomo import NoisyTopKMoE
+
+    torch.manual_seed(0)
+    moe = NoisyTopKMoE(6, 4, experts=3, hidden=5, k=2)
+    with torch.no_grad():
+        moe.w_gate.normal_()
+        moe.w_noise.normal_()
+    x = torch.randn(10, 6)
+    gates, load = moe.eval()._gates(x)
+    assert torch.equal((gates > 0).sum(1), torch.full((10,), 2))
+    assert torch.allclose(gates.sum(1), torch.ones(10))
+    y, loss = moe(x)
+    manual = torch.log((gates[..., None] * torch.stack([e(x) for e in moe.experts], 1).exp()).sum(1))
+    assert torch.allclose(y, manual, atol=1e-5)
+    moe.train()
+    _, loss = moe(x)
+    loss.backward()
+    assert float(loss.detach()) > 0 and moe.w_noise.grad.abs().sum() > 0  # differentiable load
+
+
+def test_glomo_reads_encoder_layers_when_the_harness_gives_them():
+    torch.manual_seed(0)
+    m = build_model("glomo", SMALL, "binary", **TINY_GLOMO).eval()
+    batch = small_batch()
+    base = m(batch).scores
+    assert m.hparams["text_layers"] == "token features as both layers"
+    batch.text_layers = (torch.randn_like(batch.text), torch.randn_like(batch.text))
+    assert not torch.allclose(m(batch).scores, base)
+    assert m.hparams["text_layers"] == "encoder's last two layers"
+
+
+def test_glomo_pooling_ignores_padded_steps():
+    from baselines.glomo import masked_adaptive_max
+
+    x = torch.randn(2, 6, 3)
+    valid = torch.tensor([[True] * 6, [True, True, False, False, False, False]])
+    loud = x.masked_fill(~valid[..., None], 100.0)
+    assert torch.equal(masked_adaptive_max(x, valid, 3), masked_adaptive_max(loud, valid, 3))
+    assert torch.all(masked_adaptive_max(x, valid, 3)[1, 2] == 0)  # a window with no valid step

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mer_bench.models import MODELS as MODELS_REGISTRY
 from mer_bench.models import model_names
 from mer_bench.training.complexity import measure
 from mer_bench.training.runner import RunConfig, run_cell
@@ -27,7 +28,7 @@ def test_model_runs_iid_and_ood(model, tmp_path):
         head = rec["headline"]
         assert all(math.isfinite(rec["metrics"][r][head]) for r in ("0.0", "1.0"))
         assert head in rec["auilc"]
-        expected = "one-to-one" if model == "emt_dlfr" else "one-to-all"
+        expected = MODELS_REGISTRY.get(model.split("+")[0]).cls.training
         assert rec["training_mode"] == expected
         if model.endswith("+maci") or model == "cider":
             assert rec["output"] == "classification" and rec["tau"]["chosen_on"] == "valid"
