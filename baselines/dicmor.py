@@ -1,4 +1,4 @@
-"""DiCMoR, Distribution-Consistent Modal Recovery (Wang, Li, Cui et al., ICCV 2023), regression.
+"""DiCMoR, Distribution-Consistent Modal Recovering (Wang, Cui, Li, ICCV 2023), regression.
 
 Architecture (the paper and the official mdswyz/DiCMoR `trains/singleTask/model/dicmor.py`,
 `glow.py`, `rcan.py`; MOSI config d = 32, 8 heads, 4 levels, kernels 5):
@@ -129,8 +129,8 @@ class DiCMoR(BenchModel):
     output = "regression"
     training = "one-to-one"
     paper = (
-        "Wang, Li, Cui, Ma, Zhou, Wang, Hu. Distribution-Consistent Modal Recovering for "
-        "Incomplete Multimodal Learning. ICCV 2023"
+        "Wang, Cui, Li. Distribution-Consistent Modal Recovering for Incomplete Multimodal "
+        "Learning. ICCV 2023"
     )
     # mdswyz/DiCMoR config/config.json "dicmor" -> datasetParams.mosi (attn_mask true,
     # update_epochs 8, early_stop 10); flow and RCAN sizes from model/dicmor.py.
@@ -323,7 +323,7 @@ class DiCMoR(BenchModel):
 
 @register_model(
     "dicmor_all",
-    "DiCMoR trained one-to-all (one model for every missing rate); otherwise as dicmor",
+    "DiCMoR (Wang et al. ICCV 2023) trained one-to-all (one model for every rate); otherwise as dicmor",
 )
 class DiCMoRAll(DiCMoR):
     """DiCMoR trained once for all missing rates (its paper trains one model per rate)."""

@@ -154,7 +154,9 @@ class SequenceTokens(nn.Module):
         return masked_adaptive_max(h, valid, 1)[:, 0], masked_adaptive_max(h, valid, self.local)
 
 
-@register_model("glomo", "GLoMo global-local fusion with mixtures of experts, regression")
+@register_model(
+    "glomo", "GLoMo global-local fusion with mixtures of experts (Zhuang et al. ACM MM 2024), regression"
+)
 class GLoMo(BenchModel):
     """GLoMo: global and local tokens per modality, per-modality MoE, transformer fusion."""
 
