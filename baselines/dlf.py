@@ -32,7 +32,9 @@ Deliberate differences from the official code, and why:
   whole d-vectors per time step.
 - Micro-batches of 16 accumulated 10 times per Adam step (the official `update_epochs`)
   run inside one trainer batch of 160; the hinge loss therefore sees 16 samples, as in the
-  official code. ReduceLROnPlateau is not reproduced.
+  official code. The official ReduceLROnPlateau (factor 0.5, patience 5 on the validation L1
+  loss of the main head) is `configure_scheduler`; selection is on that loss (KeyEval
+  "Loss"), as officially.
 
 Parameters (MOSI unaligned shapes, dims (768, 5, 20), lens (50, 375, 500), binary task,
 official MOSI defaults d=50, 10 heads, nlevels 2, kernels 5, no text encoder): 3,566,105.
@@ -48,6 +50,8 @@ grow with the unaligned lengths; at aligned shapes (lens 50/50/50) the official 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +64,7 @@ from baselines.mult import (
 )
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.schedules import plateau
 from mer_bench.training.steps import accumulated_step
 
 
@@ -138,6 +143,8 @@ class DLF(BenchModel):
         "w_aux": 0.1,
         "w_geo": 0.1,
         "margin_scale": 0.15,
+        "plateau_factor": 0.5,  # official trains/singleTask/DLF.py
+        "plateau_patience": 5,  # official config "patience" (mosi)
     }
     lr = 1e-4  # official MOSI learning_rate
     batch_size = 160  # 10 accumulated micro-batches of 16 per step (update_epochs)
@@ -272,3 +279,9 @@ class DLF(BenchModel):
 
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         return accumulated_step(self, corrupted, optimizer, self.losses, **self.step_options())
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Official ReduceLROnPlateau on the validation loss."""
+        h = self.hparams
+        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])
+

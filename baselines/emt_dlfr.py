@@ -36,8 +36,10 @@ Simplified, and why:
   the masked mean of the token features and all valid tokens are local features.
 - Fixed sinusoidal positions only (the official default; the learnable option is omitted).
 - The official per-group optimiser (audio/video/other learning rates and weight decays) is
-  kept; the BERT groups do not exist. Checkpoint selection is the harness's (validation
-  headline metric), not the official validation loss.
+  kept; the BERT groups do not exist. Selection (the harness's, on validation) follows the
+  official total validation loss (`selection_loss`: every term, both views being the
+  validation batch; at a one-to-one training rate the complete view is not shown to
+  selection, so the restoration term compares with the incomplete input).
 - Registered twice: `emt_dlfr` trains one model per missing rate (the paper's one-to-one
   protocol); `emt_dlfr_all` is the same model trained once for all rates (one-to-all).
 - On CPU the official attention dropout (0.3) forces PyTorch's unfused attention path over the
@@ -411,6 +413,10 @@ class EMTDLFR(BenchModel):
     def forward(self, batch: Batch) -> ModelOutput:
         enc = self._encode(batch)
         return ModelOutput(scores=enc["pred"], joint=enc["joint"])
+
+    def selection_loss(self, out: ModelOutput, batch: Batch) -> torch.Tensor:
+        """The official total loss on a validation batch (both views are that batch)."""
+        return sum(self.losses(batch, batch).values())
 
     # --- training -----------------------------------------------------------------------
     def losses(self, clean: Batch, corrupted: Batch) -> dict[str, torch.Tensor]:

@@ -35,7 +35,14 @@ Deliberate differences from the official code, and why:
   `baselines.mult` (the appended prompt tokens are always valid).
 - The official input features are GloVe-era MulT pickles; here they are the suite's
   MMSA features (text 768-d BERT features), the setting of the CIDer paper.
-- No ReduceLROnPlateau schedule (the generic trainer has none); gradient-norm clipping 0.8.
+- The official ReduceLROnPlateau (factor 0.1, patience `--when` 10, on the validation L1
+  loss) is `configure_scheduler`; selection on that loss as officially; gradient-norm
+  clipping 0.8.
+- Missing-type prompts: officially the type prompt and its per-modality multipliers are
+  both zero-initialised, so their product and both gradients stay zero forever (dead
+  weight). By default the type prompt gets a small random init (normal, std
+  `type_prompt_init` 0.02), which lets both train; `--compat official` (switch
+  `zero_type_prompts`) restores the zero init.
 
 Parameters (MOSI unaligned shapes, dims (768, 5, 20), lens (50, 375, 500), binary task,
 official defaults d=30, 5 heads, 5 levels, prompt length 16, no text encoder): 2,219,066,
@@ -53,6 +60,8 @@ at our shapes has 1,085,251.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,8 +72,10 @@ from baselines.mult import (
     ResidualHead,
     TemporalProjection,
 )
+from cider.compat import expand_compat
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.schedules import plateau
 
 
 def droppable(batch: Batch, modality: str) -> torch.Tensor:
@@ -151,6 +162,13 @@ class MPLMM(BenchModel):
         "causal_mask": True,
         "grad_clip_norm": 0.8,
         "missing_threshold": 0.5,
+        "plateau_factor": 0.1,  # official src/train.py
+        "plateau_patience": 10,  # official --when
+        "type_prompt_init": 0.02,  # std of the type prompt's init (0 under zero_type_prompts)
+        "compat": "",
+    }
+    compat_switches = {
+        "zero_type_prompts": "missing-type prompts and multipliers both zero-initialised (dead)",
     }
     lr = 1e-3  # official --lr
     batch_size = 64  # official --batch_size
@@ -175,6 +193,8 @@ class MPLMM(BenchModel):
         )
         # missing-type prompts
         self.type_prompt = nn.Parameter(torch.zeros(3, p, d))
+        if "zero_type_prompts" not in expand_compat(h["compat"], self.compat_switches):
+            nn.init.normal_(self.type_prompt, std=float(h["type_prompt_init"]))
         self.type_proj = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(lens[m], 2 * d)) for m in MODALITIES}
         )
@@ -227,3 +247,9 @@ class MPLMM(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"clip_norm": self.hparams["grad_clip_norm"]}
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Official ReduceLROnPlateau on the validation loss."""
+        h = self.hparams
+        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])
+

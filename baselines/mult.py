@@ -23,8 +23,9 @@ Deliberate differences from the official code, and why:
 - MMSA's encoder has no positional embedding at all (`position_embedding=False`), the
   original MulT has one; we follow the paper (`positions=True`).
 - MMSA accumulates 8 micro-batches of 16 before each Adam step (value-clipping the gradient
-  after each backward). `train_step` does the same inside one trainer batch of 128; its
-  ReduceLROnPlateau schedule is not reproduced (the generic trainer has no scheduler).
+  after each backward). `train_step` does the same inside one trainer batch of 128. MMSA's
+  ReduceLROnPlateau (factor 0.1, patience 5 on the validation L1 loss) is
+  `configure_scheduler`; selection is on the validation L1 loss (MMSA `KeyEval: "Loss"`).
 
 Defaults are MMSA's MOSI row (d=50 with 10 heads; its MOSEI row uses d=30 with 6 heads,
 kernels 5/1/3 and batch 4, and can be passed as hyper-parameters).
@@ -39,6 +40,7 @@ have no parameters). 192,000 of them are the 768 -> 50 text convolution, 1,456,2
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,7 @@ from torch import nn
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.training.schedules import plateau
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -359,6 +362,8 @@ class MulT(BenchModel):
         "positions": True,
         "grad_clip": 0.6,
         "micro_batch": 16,
+        "plateau_factor": 0.1,  # MMSA trains/singleTask/MULT.py
+        "plateau_patience": 5,  # MMSA "patience" (mosi)
     }
     lr = 0.002  # MMSA learning_rate for MOSI
     batch_size = 128  # 8 accumulated micro-batches of 16 per step (MMSA update_epochs)
@@ -394,3 +399,8 @@ class MulT(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"micro_batch": self.hparams["micro_batch"], "clip_value": self.hparams["grad_clip"]}
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Official ReduceLROnPlateau on the validation loss."""
+        h = self.hparams
+        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])

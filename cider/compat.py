@@ -21,9 +21,13 @@ COMPAT_SWITCHES: dict[str, str] = {
 }
 
 
-def expand_compat(value: str | Sequence[str] | None) -> frozenset[str]:
+def expand_compat(
+    value: str | Sequence[str] | None, switches: dict[str, str] | None = None
+) -> frozenset[str]:
     """`"official"` -> every switch; `""`/None -> none; else a comma list or sequence of
-    switch names (whitespace ignored). Unknown names raise a `UserError` naming the valid ones."""
+    switch names (whitespace ignored). Unknown names raise a `UserError` naming the valid ones.
+    `switches` is a model's own table (`BenchModel.compat_switches`); default CIDer's."""
+    switches = COMPAT_SWITCHES if switches is None else switches
     if value is None:
         return frozenset()
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -33,10 +37,10 @@ def expand_compat(value: str | Sequence[str] | None) -> frozenset[str]:
         if not name:
             continue
         if name == "official":
-            names.update(COMPAT_SWITCHES)
-        elif name in COMPAT_SWITCHES:
+            names.update(switches)
+        elif name in switches:
             names.add(name)
         else:
-            valid = ", ".join(["official", *sorted(COMPAT_SWITCHES)])
+            valid = ", ".join(["official", *sorted(switches)])
             raise UserError(f"unknown compat switch {name!r}; choose from: {valid}")
     return frozenset(names)

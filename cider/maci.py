@@ -267,6 +267,10 @@ class MACI(BenchModel):
         opt.add_param_group({"params": list(self.mcm.parameters()), "lr": self.base.lr, "weight_decay": 0.0})
         return opt
 
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The base's official schedule, over every group (the MCM's included)."""
+        return self.base.configure_scheduler(optimizer)
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         """NLL of the MCM output on the corrupted batch, plus the base's auxiliary objective
         (`base_aux`, e.g. DLF's reconstruction and margin terms) and, if `base_loss` > 0, its

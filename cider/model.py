@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cider.compat import expand_compat
+from cider.compat import COMPAT_SWITCHES, expand_compat
 from cider.maci import MCM, class_features, mean_of_class_means
 from cider.mct import MCTEncoder
 from cider.space import suggest as _suggest
@@ -140,6 +140,9 @@ class CIDer(BenchModel):
         "Modalities and Distribution Shifts (CIDer); official code gw-zhong/CIDer"
     )
     lr = 1e-3
+    # official: the best validation headline metric; ties broken by the validation loss
+    selection = "headline"
+    compat_switches = COMPAT_SWITCHES
     batch_size = 128
     max_epochs = 200
     patience = 10

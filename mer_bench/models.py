@@ -54,6 +54,12 @@ class BenchModel(nn.Module):
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     lr: ClassVar[float] = 1e-3
+    # early stopping and checkpoint choice (mer_bench/training/selection.py): "loss" = the
+    # validation `selection_loss`, as the official codes; "headline" = the headline metric,
+    # ties broken by the loss (CIDer)
+    selection: ClassVar[str] = "loss"
+    # official behaviours reachable with `--compat` (name -> what it restores)
+    compat_switches: ClassVar[dict[str, str]] = {}
 
     def __init__(self, spec: DataSpec, task: str, **hparams: Any) -> None:
         super().__init__()
@@ -89,8 +95,19 @@ class BenchModel(nn.Module):
             return F.l1_loss(out.scores.view(-1), batch.y_reg)
         return F.nll_loss(out.scores, batch.target(self.task))
 
+    def selection_loss(self, out: ModelOutput, batch: Batch) -> torch.Tensor:
+        """The validation loss that selection and plateau schedules follow; the task loss
+        unless the official code selects on its total loss."""
+        return self.task_loss(out, batch)
+
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The official learning-rate schedule, or None. Built after `start_epoch(0, epochs)`,
+        so `self.epochs_budget` is the run's budget; stepped once per epoch after validation
+        (`ReduceLROnPlateau` with the validation `selection_loss`)."""
+        return None
 
     def objective(self, batch: Batch, out: ModelOutput) -> dict[str, torch.Tensor]:
         """Terms of the training objective for `out = self(batch)`: "task" (the loss on

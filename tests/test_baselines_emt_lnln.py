@@ -10,7 +10,7 @@ import baselines.emt_dlfr as emt_mod
 import baselines.lnln as lnln_mod
 from baselines.common import MultiHeadAttention, PreLNEncoder, masked_mean, sinusoidal_positions
 from baselines.emt_dlfr import EMTDLFR, EMTDLFRAll
-from baselines.lnln import LNLN, lr_factor
+from baselines.lnln import LNLN
 from mer_bench.data.batch import Batch, make_batch
 from mer_bench.data.schema import DataSpec, Split
 from mer_bench.models import MODELS
@@ -41,7 +41,7 @@ TINY = {
         post_fusion_dim=8,
         update_epochs=1,
     ),
-    "lnln": dict(hidden=8, heads=2, dim_head=4, mlp_dim=8, n_tokens=2, warmup_epochs=0),
+    "lnln": dict(hidden=8, heads=2, dim_head=4, mlp_dim=8, n_tokens=2, warmup_fraction=0.0),
 }
 NO_DROPOUT = {
     "emt_dlfr": dict(attn_dropout=0.0, ff_dropout=0.0, post_fusion_dropout=0.0),
@@ -251,18 +251,22 @@ def test_lnln_completeness_label_is_kept_fraction():
     assert torch.allclose(label, torch.tensor(expected))
 
 
-def test_lnln_lr_schedule_counts_epochs():
-    assert lr_factor(0, 20, 180) == 0.0 and lr_factor(10, 20, 180) == 0.5
-    assert lr_factor(21, 20, 180) == 1.0 and lr_factor(201, 20, 180) == pytest.approx(0.0)
+@pytest.mark.parametrize("epochs", [8, 200])
+def test_lnln_lr_reaches_its_peak_within_the_budget(epochs):
+    """Warm-up and cosine are fractions of the run's budget: from 0 at epoch 0 to the peak
+    (lr 1e-4) within the first tenth of any budget, then down again before the end."""
     spec = SPECS["aligned"]
-    clean = make_batch(make_split(spec, 2), np.arange(2))
-    model = build("lnln", spec, warmup_epochs=4)
+    model = build("lnln", spec, warmup_fraction=0.1)  # the official default
     opt = model.configure_optimizer()
-    model.train()
-    model.train_step(clean, clean, opt)
-    assert opt.param_groups[0]["lr"] == 0.0  # official warm-up starts at 0
-    model.eval()
-    model.train()
-    model.train()  # a second call without steps is not a new epoch
-    model.train_step(clean, clean, opt)
-    assert opt.param_groups[0]["lr"] == pytest.approx(model.lr / 4)
+    model.start_epoch(0, epochs)
+    sched = model.configure_scheduler(opt)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0
+    peak = int(np.argmax(lrs))
+    assert lrs[peak] == pytest.approx(model.lr)
+    assert 1 <= peak <= max(1, round(0.1 * epochs)) + 1
+    assert lrs[-1] < 0.1 * model.lr

@@ -24,7 +24,9 @@ from mer_bench.errors import UserError
 from mer_bench.results.store import Store, atomic_write_bytes
 from mer_bench.training import provenance
 from mer_bench.training.progress import grid_bar
+from mer_bench.training.selection import describe as describe_selection
 from mer_bench.training.trainer import (
+    TRAINER_VERSION,
     TrainResult,
     TrainSettings,
     predict,
@@ -93,6 +95,7 @@ class Resolved:
             "hparams": self.hparams,
             "one_to_one_point": point_label,
             "one_to_one_mode": self.scenario.mode.name if point_label is not None else None,
+            "trainer_version": TRAINER_VERSION,
         }
         return f"{c.model.replace('+', '-')}__{c.dataset}__{provenance.config_hash(payload)}"
 
@@ -143,7 +146,7 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         if cfg.compat:
             from cider.compat import expand_compat
 
-            compat = expand_compat(cfg.compat)
+            compat = expand_compat(cfg.compat, cls.compat_switches)
             hp["compat"] = ",".join(sorted(compat))
         if cfg.ablations:
             hp["ablations"] = tuple(cfg.ablations)
@@ -478,8 +481,8 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
         "compat": sorted(r.compat),
         "ablations": list(cfg.ablations),
         "text_missing": "unk-id" if r.hparams.get("text_encoder") else "zero-feature",
-        "selection": "early stopping on the validation headline metric "
-        + ("at the training rate" if st.one_to_one else "on complete validation data"),
+        "selection": describe_selection(tres.selection, HEADLINE[cfg.task], st.one_to_one),
+        "updates": tres.updates,
         "headline": HEADLINE[cfg.task],
         "tau": st.tau_info,
         "n_parameters": int(model0.n_parameters()),
@@ -498,7 +501,9 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
         "training": {
             "best_epoch": tres.best_epoch,
             "best_valid": tres.best_valid,
+            "best_valid_loss": tres.best_valid_loss,
             "epochs_run": tres.epochs_run,
+            "updates": tres.updates,
             "seconds_per_epoch": tres.seconds_per_epoch,
             "history": tres.history,
         },

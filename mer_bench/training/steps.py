@@ -23,11 +23,20 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     return batch.with_(**changes)
 
 
+def spans(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) chunks of `size` covering n items; a trailing chunk of one is merged into
+    the previous chunk, so no model ever sees a batch of one (a full step on one sample, a
+    BatchNorm crash) unless the whole split has one sample."""
+    size = max(1, int(size)) if size else max(n, 1)
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
 def micro_batches(batch: Batch, size: int) -> Iterator[Batch]:
-    n = len(batch)
-    size = max(1, int(size)) if size else n
-    for start in range(0, n, size):
-        yield slice_batch(batch, start, min(n, start + size))
+    for start, stop in spans(len(batch), size):
+        yield slice_batch(batch, start, stop)
 
 
 def accumulated_step(

@@ -2,7 +2,9 @@
 
 Why: the peers select checkpoints on test data; here `train` is never given the test split.
 Corruption is produced per batch by the scenario layer from (seed, epoch, sample id), so a run
-is reproducible whatever the batch order or worker count.
+is reproducible whatever the batch order or worker count. Selection follows the model's
+declared criterion (`BenchModel.selection`, see `selection.py`), schedules see the run's epoch
+budget, and no batch of one reaches a model (`steps.spans`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from mer_bench.data.schema import Split
 from mer_bench.metrics import HEADLINE
 from mer_bench.models import BenchModel
 from mer_bench.scenarios.base import Drops, GridPoint, Lengths, apply_drops
+from mer_bench.training.selection import selection_key
+from mer_bench.training.steps import spans
+
+# bumped when selection or schedules change what a training produces (part of the train key)
+TRAINER_VERSION = 2
 
 # (ids, lengths, epoch) -> drops for one training batch
 TrainDrops = Callable[[Sequence[str], Lengths, int], Drops]
@@ -46,6 +53,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0
+    updates: int = 0  # optimiser steps taken
+    selection: str = "headline"  # the criterion (checkpoints written before it was recorded)
+    best_valid_loss: float = float("nan")
 
 
 def resolve_device(device: str) -> str:
@@ -67,9 +77,10 @@ def seed_torch(seed: int) -> None:
 
 
 def batches(n: int, size: int, order: np.ndarray | None = None):
+    """Index arrays of about `size`; a trailing batch of one joins the previous one."""
     idx = np.arange(n) if order is None else order
-    for start in range(0, n, size):
-        yield idx[start : start + size]
+    for start, stop in spans(n, size):
+        yield idx[start:stop]
 
 
 def _corrupt(batch: Batch, split: Split, idx: np.ndarray, drops_fn, *args) -> Batch:
@@ -115,6 +126,52 @@ def score(model_output: str, task: str, scores: np.ndarray, split: Split) -> dic
     return classification_metrics(None, None, logits7=scores, labels7=split.labels("seven"))
 
 
+@torch.no_grad()
+def validate(
+    model: BenchModel, split: Split, drops_fn: EvalDrops | None, device: str, batch_size: int = 256
+) -> tuple[np.ndarray, float]:
+    """Scores and the sample-weighted mean `selection_loss` of a split under one corruption."""
+    model.eval()
+    scores, total = [], 0.0
+    for idx in batches(len(split), batch_size):
+        batch = _corrupt(make_batch(split, idx, device), split, idx, drops_fn)
+        out = model(batch)
+        total += float(model.selection_loss(out, batch)) * len(idx)
+        scores.append(out.scores.float().cpu().numpy())
+    return np.concatenate(scores), total / max(len(split), 1)
+
+
+def _count_updates(optimizer: torch.optim.Optimizer) -> list[int]:
+    """A one-element counter of optimiser steps (whatever a model's train_step does)."""
+    count = [0]
+
+    def hook(*_args) -> None:
+        count[0] += 1
+
+    optimizer.register_step_post_hook(hook)
+    return count
+
+
+def _step_scheduler(scheduler, valid_loss: float) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(valid_loss)
+    else:
+        scheduler.step()
+
+
+def _valid_epoch(model, valid_split, valid_points, settings) -> tuple[float, float]:
+    """(mean selection loss, mean headline metric) over the validation points."""
+    headline = HEADLINE[settings.task]
+    losses, heads = [], []
+    for _, fn in valid_points:
+        scores, loss = validate(model, valid_split, fn, settings.device, settings.eval_batch_size)
+        losses.append(loss)
+        heads.append(score(model.output, settings.task, scores, valid_split)[headline])
+    return float(np.mean(losses)), float(np.mean(heads))
+
+
 def train(
     model: BenchModel,
     train_split: Split,
@@ -125,15 +182,19 @@ def train(
     progress: bool = False,
     desc: str = "train",
 ) -> TrainResult:
-    """Train with early stopping on the validation headline metric averaged over
-    `valid_points`; the best state is loaded back into `model` at the end."""
+    """Train with early stopping on the model's selection criterion over `valid_points`
+    (validation data only); the best state is loaded back into `model` at the end."""
     from mer_bench.training.progress import EpochBar
 
     device = settings.device
     model.to(device)
     optimizer = model.configure_optimizer()
+    updates = _count_updates(optimizer)
+    scheduler = None
     headline = HEADLINE[settings.task]
-    best, best_epoch, best_state, wait = -np.inf, -1, None, 0
+    best_key: tuple[float, ...] | None = None
+    best = {"epoch": -1, "head": float("nan"), "loss": float("nan")}
+    best_state, wait = None, 0
     history: list[dict] = []
     t0 = time.perf_counter()
     bar = EpochBar(settings.epochs, settings.patience, desc, progress)
@@ -141,27 +202,32 @@ def train(
     for epoch in range(settings.epochs):
         model.train()
         model.start_epoch(epoch, settings.epochs)
+        if epoch == 0:
+            scheduler = model.configure_scheduler(optimizer)
+        lr = float(optimizer.param_groups[0]["lr"])
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_split))
         losses: list[dict] = []
         for idx in batches(len(train_split), settings.batch_size, order):
             clean = make_batch(train_split, idx, device)
             corrupted = _corrupt(clean, train_split, idx, train_drops, epoch)
             losses.append(model.train_step(clean, corrupted, optimizer))
-        vals = [
-            score(model.output, settings.task, predict(model, valid_split, fn, device)["scores"],
-                  valid_split)[headline]
-            for _, fn in valid_points
-        ]
-        # Without validation points (timing runs) the last epoch counts as the best.
-        val = float(np.mean(vals)) if vals else float(epoch)
         mean_loss = float(np.mean([sum(x.values()) for x in losses])) if losses else float("nan")
-        history.append({"epoch": epoch, "loss": mean_loss, f"valid_{headline}": val})
-        if val > best:
-            best, best_epoch, wait = val, epoch, 0
+        if valid_points:
+            v_loss, v_head = _valid_epoch(model, valid_split, valid_points, settings)
+            key = selection_key(model.selection, v_loss, v_head)
+        else:  # timing runs: the last epoch counts as the best
+            v_loss, v_head, key = float("nan"), float("nan"), (float(epoch),)
+        _step_scheduler(scheduler, v_loss)
+        history.append({"epoch": epoch, "loss": mean_loss, "lr": lr, "valid_loss": v_loss,
+                        f"valid_{headline}": v_head, "updates": updates[0]})
+        if best_key is None or key > best_key:
+            best_key, wait = key, 0
+            best = {"epoch": epoch, "head": v_head, "loss": v_loss}
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-        bar.update(best_epoch, wait, loss=f"{mean_loss:.3f}", valid=f"{val:.3f}", best=f"{best:.3f}")
+        bar.update(best["epoch"], wait, loss=f"{mean_loss:.3f}", valid_loss=f"{v_loss:.3f}",
+                   valid=f"{v_head:.3f}")
         if wait >= settings.patience:
             break
     bar.close()
@@ -169,4 +235,7 @@ def train(
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - t0
     run = epoch + 1
-    return TrainResult(best_epoch, float(best), run, history, seconds, seconds / max(run, 1))
+    return TrainResult(
+        best["epoch"], float(best["head"]), run, history, seconds, seconds / max(run, 1),
+        updates=updates[0], selection=model.selection, best_valid_loss=float(best["loss"]),
+    )

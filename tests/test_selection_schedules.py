@@ -1,0 +1,148 @@
+"""Selection follows each model's criterion, schedules see the budget, updates are counted,
+and no batch of one reaches a model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mer_bench.data.schema import DataSpec, three_class
+from mer_bench.models import BenchModel, ModelOutput, build_model
+from mer_bench.scenarios.base import rate_point
+from mer_bench.training.schedules import plateau
+from mer_bench.training.selection import selection_key
+from mer_bench.training.trainer import TrainSettings, train
+from tests.helpers import DIMS, LENS, random_split
+
+torch.set_num_threads(1)
+SPEC = DataSpec(dims=DIMS, lens=LENS, aligned=False, has_text_ids=True)
+COMPLETE = [(rate_point(0.0), None)]
+
+
+class _Constant(BenchModel):
+    """Predicts one learned score for every sample: while it stays positive the validation
+    accuracy is the majority class's at every epoch, but the L1 loss keeps falling."""
+
+    output = "regression"
+    lr = 0.05
+
+    def __init__(self, selection: str = "loss", sizes: list[int] | None = None) -> None:
+        super().__init__(SPEC, "binary")
+        self.selection = selection  # type: ignore[misc]
+        self.bias = nn.Parameter(torch.tensor(0.1))
+        self.sizes = sizes if sizes is not None else []
+
+    def forward(self, batch) -> ModelOutput:
+        self.sizes.append(len(batch))
+        return ModelOutput(scores=self.bias.expand(len(batch)) + 0.0 * batch.y_reg)
+
+
+def _positive_split(n: int, seed: int):
+    """Labels mostly in (0.5, 3): the L1 optimum (the median) is far above the init 0.1."""
+    split = random_split(n, seed)
+    y = np.random.default_rng(seed).uniform(0.5, 3.0, n).astype(np.float32)
+    y[:2] = -1.0
+    return dataclasses.replace(split, regression_labels=y, classification_labels=three_class(y))
+
+
+def test_a_model_on_a_plateau_is_not_reset_to_its_first_epoch():
+    tr, va = _positive_split(24, 0), _positive_split(12, 1)
+    settings = TrainSettings(epochs=6, patience=3, batch_size=8)
+    res = train(_Constant("loss"), tr, va, settings, None, COMPLETE)
+    heads = [h["valid_Non0_acc_2"] for h in res.history]
+    losses = [h["valid_loss"] for h in res.history]
+    assert len(set(heads)) == 1  # the headline never moves: a majority plateau
+    assert losses == sorted(losses, reverse=True) and res.best_epoch == 5
+    assert res.selection == "loss" and res.best_valid_loss == pytest.approx(losses[-1])
+    # CIDer's rule (headline first) breaks the headline's ties by the loss
+    tie = train(_Constant("headline"), tr, va, settings, None, COMPLETE)
+    assert tie.best_epoch == 5
+
+
+def test_selection_keys():
+    assert selection_key("loss", 0.5, 0.9) > selection_key("loss", 0.6, 0.99)
+    assert selection_key("headline", 0.6, 0.9) > selection_key("headline", 0.1, 0.8)
+    assert selection_key("headline", 0.5, 0.9) > selection_key("headline", 0.6, 0.9)
+    assert selection_key("loss", 0.5, 0.0) > selection_key("loss", float("nan"), 0.0)
+
+
+def test_updates_are_counted_and_no_batch_of_one_reaches_a_model():
+    sizes: list[int] = []
+    tr, va = _positive_split(9, 0), _positive_split(5, 1)  # 9 = 2 x 4 + 1, 5 = 4 + 1
+    settings = TrainSettings(epochs=3, patience=5, batch_size=4, eval_batch_size=4)
+    res = train(_Constant("loss", sizes), tr, va, settings, None, COMPLETE)
+    assert min(sizes) >= 2 and set(sizes) == {4, 5}
+    assert res.updates == 3 * 2 and res.history[-1]["updates"] == 6
+
+
+@pytest.mark.parametrize("name", ["lf_dnn", "dlf"])
+def test_real_models_never_see_a_batch_of_one(name, monkeypatch):
+    """lf_dnn's BatchNorm crashed on a trailing batch of one; DLF's micro-batches merge too."""
+    hp = {"d_model": 8, "num_heads": 2, "layers": 1, "micro_batch": 2} if name == "dlf" else {}
+    model = build_model(name, SPEC, "binary", **hp)
+    sizes: list[int] = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, b: (sizes.append(len(b)), forward(self, b))[1])
+    tr, va = random_split(11, 0), random_split(5, 1)
+    train(model, tr, va, TrainSettings(epochs=1, batch_size=5, eval_batch_size=4), None, COMPLETE)
+    assert sizes and min(sizes) >= 2
+
+
+def test_plateau_schedules_step_on_the_validation_loss():
+    class Flat(_Constant):
+        """Its only parameter never changes the output: the validation loss is flat."""
+
+        def forward(self, batch) -> ModelOutput:
+            return ModelOutput(scores=self.bias.expand(len(batch)) * 0.0 + 0.1)
+
+        def configure_scheduler(self, optimizer):
+            return plateau(optimizer, 0.5, 0)
+
+    model = Flat()
+    tr, va = _positive_split(8, 0), _positive_split(6, 1)
+    res = train(model, tr, va, TrainSettings(epochs=4, patience=10, batch_size=4), None, COMPLETE)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs == pytest.approx([0.05, 0.05, 0.025, 0.0125])
+
+
+@pytest.mark.parametrize(
+    "name, factor, patience", [("mult", 0.1, 5), ("dlf", 0.5, 5), ("mplmm", 0.1, 10)]
+)
+def test_official_plateau_schedules(name, factor, patience):
+    model = build_model(name, SPEC, "binary", d_model=8, num_heads=2, layers=1)
+    sched = model.configure_scheduler(model.configure_optimizer())
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert (sched.factor, sched.patience, sched.mode) == (factor, patience, "min")
+    assert model.selection == "loss"
+
+
+def test_cider_selects_on_its_headline_metric():
+    from cider.model import CIDer
+
+    assert CIDer.selection == "headline" and BenchModel.selection == "loss"
+
+
+@pytest.mark.parametrize("compat, alive", [("", True), ("official", False)])
+def test_mplmm_type_prompts_train_unless_official_compat(compat, alive):
+    """Officially the type prompt and its multipliers are both zero: their product and both
+    gradients stay zero forever. The default random init of the prompt revives both."""
+    from mer_bench.data.batch import make_batch
+    from mer_bench.training.runner import RunConfig, resolve
+
+    hp = dict(resolve(RunConfig(model="mplmm", scenario="rmfm-iid", compat=compat or None),
+                      1111).hparams)
+    torch.manual_seed(0)
+    model = build_model("mplmm", SPEC, "binary", d_model=8, num_heads=2, layers=1,
+                        mem_layers=1, prompt_length=3, **hp)
+    opt = model.configure_optimizer()
+    batch = make_batch(random_split(6, 0), np.arange(6))
+    for _ in range(2):  # the first step moves the signal prompts off zero
+        model.train_step(batch, batch, opt)
+    grads = [model.type_prompt.grad, *(p.grad for p in model.type_proj.values())]
+    moved = any(g is not None and bool(g.abs().sum() > 0) for g in grads[1:])
+    assert moved is alive and bool(model.type_prompt.abs().sum() > 0) is alive
+    assert hp.get("compat", "") == ("zero_type_prompts" if compat else "")
