@@ -25,6 +25,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -214,7 +215,7 @@ class Store:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             msg = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
             raise UserError(f"{path}: unreadable predictions ({msg}); rerun the cell with --force") from None
 
