@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mer_bench.errors import UserError
+from mer_bench.errors import UserError, warn
 
 TIDY_COLUMNS = [
     "run_id",
@@ -58,11 +57,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def warn(message: str) -> None:
-    """One line on stderr for a store file that is skipped."""
-    print(f"mer-bench: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
