@@ -247,6 +247,8 @@ def cmd_grid(a: argparse.Namespace) -> None:
     from mer_bench.training.validate import check_seeds
 
     check_seeds(_ints(a.seeds))
+    if not _names(a.models) or not _names(a.scenarios):
+        raise UserError("--models and --scenarios each need at least one name")
     cells = [
         (_run_config(a, m, s), seed)
         for m in _names(a.models)

@@ -175,11 +175,7 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
             hp["compat"] = ",".join(sorted(compat))
         if cfg.ablations:
             hp["ablations"] = tuple(cfg.ablations)
-    from mer_bench.models import WRAPPERS as _W
-
-    validate.check_hparams(
-        hp, cls.defaults, base, {w: getattr(_W.get(w), "defaults", None) for w in wrappers}
-    )
+    validate.check_model_hparams(cfg.model, hp)
     if cfg.train_policy:
         policy = cfg.train_policy
     elif "per_element_train" in compat:

@@ -109,3 +109,13 @@ def _known(name: str, defaults: Mapping[str, Any], owner: str) -> None:
             f"unknown hyper-parameter {name} for {owner}; valid: "
             + (", ".join(sorted(defaults)) or "(none)")
         )
+
+
+def check_model_hparams(model: str, hp: Mapping[str, Any]) -> None:
+    """`check_hparams` for a model name (`base` or `base+wrapper`) from the registries."""
+    from mer_bench.models import WRAPPERS, load_builtin_models
+
+    base, *wrappers = model.split("+")
+    cls = load_builtin_models().get(base).cls
+    check_hparams(hp, cls.defaults, base,
+                  {w: getattr(WRAPPERS.get(w), "defaults", None) for w in wrappers})
