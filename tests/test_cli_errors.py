@@ -117,3 +117,20 @@ def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, monkeypatch):
     assert rc == 2, (name, err)
     assert len(err.splitlines()) == 1, (name, err)
     assert "Traceback" not in err and "error" in err
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(epochs=0), "--epochs"), (dict(epochs=-1), "--epochs"), (dict(patience=0), "--patience"),
+    (dict(batch_size=0), "--batch-size"), (dict(rates=(0.5, 0.5)), "increasing"),
+    (dict(rates=()), "empty"), (dict(hparams=(("dropout", float("nan")),)), "finite"),
+])
+def test_the_python_api_checks_the_same_numbers(change, needle):
+    """`run_cells`/`run_cell` callers get the same up-front checks as the CLI (before, epochs=0
+    silently meant the model default and epochs=-1 stored an untrained model as finished)."""
+    from mer_bench.errors import UserError
+
+    cfg = runner.RunConfig(model="lf_dnn", scenario="rmfm-iid", **change)
+    with pytest.raises(UserError, match=needle):
+        runner.resolve(cfg, 1111)
+    with pytest.raises(UserError, match="seed"):
+        runner.resolve(runner.RunConfig(model="lf_dnn", scenario="rmfm-iid"), -1)

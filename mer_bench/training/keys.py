@@ -8,6 +8,7 @@ of the store's file names. The slug keeps run ids readable; the hashes keep them
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sys
@@ -74,9 +75,11 @@ def _package_modules(mod: ModuleType) -> set[ModuleType]:
     return found
 
 
+@functools.cache
 def model_code_version(model: str) -> str:
     """SHA-256 (12 hex) of the source files of the model's classes and the modules they use,
-    plus the harness's training code: a changed model file retires its checkpoints."""
+    plus the harness's training code: a changed model file retires its checkpoints (read once
+    per process)."""
     from mer_bench.models import WRAPPERS, load_builtin_models
 
     base, *wrappers = model.split("+")
