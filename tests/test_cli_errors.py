@@ -73,6 +73,10 @@ def _cases(tmp_path):
         "hp: given twice": [*RUN, "--hp", "dropout=0.1", "--hp", "dropout=0.2", *res],
         "run: compat on a model without it": [*RUN, "--compat", "official", *res],
         "run: bad train policy": [*RUN, "--train-policy", "sometimes", *res],
+        "run: bad device": [*RUN, "--device", "tpu", *res],
+        "run: bad variant": [*RUN, "--variant", "diagonal", *res],
+        "run: bad task": [*RUN, "--task", "five", *res],
+        "run: ablate on a model without it": [*RUN, "--ablate", "no_mcm", *res],
         # run: paths
         "run: results is a file": [*RUN, "--results", str(a_file)],
         "run: results under a file": [*RUN, "--results", str(a_file / "sub")],

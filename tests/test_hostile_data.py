@@ -139,3 +139,14 @@ def test_tampered_synthetic_cache_is_detected_and_regenerated(tmp_path, capsys):
     assert "does not match the checksum" in capsys.readouterr().err
     assert ds.sha256 == good.sha256 == read_sidecar(cached)["sha256"]
     assert json.loads((cached.parent / f"{cached.name}.json").read_text())["seed"] != 7
+
+
+def test_encoder_features_are_checked_for_magnitude():
+    from mer_bench.data.realtext import _check_features
+    from mer_bench.errors import UserError
+
+    _check_features(np.ones((2, 3, 4), dtype=np.float32), "ok")
+    with pytest.raises(UserError, match="magnitude"):
+        _check_features(np.full((2, 3, 4), 1e6, dtype=np.float32), "cache")
+    with pytest.raises(UserError, match="non-finite"):
+        _check_features(np.array([np.inf], dtype=np.float32), "cache")
