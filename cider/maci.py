@@ -296,4 +296,5 @@ def wrap(base: BenchModel, **hp: Any) -> BenchModel:
     return MACI(base, **hp)
 
 
+wrap.defaults = MACI.defaults  # type: ignore[attr-defined]  # for --hp maci.NAME checks
 WRAPPERS.register("maci", wrap)

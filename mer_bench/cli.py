@@ -57,6 +57,42 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _count(high: int):
+    """argparse type: an integer in [1, high] (refused up front: one line, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not 1 <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be in [1, {high}], got {v}")
+        return v
+
+    parse.__name__ = "count"
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {v}")
+    return v
+
+
+def _scale(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < v <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
 # ----------------------------------------------------------------------------- data
 def cmd_data_synth(a: argparse.Namespace) -> None:
     from mer_bench.data.synth import synthesize
@@ -126,7 +162,7 @@ def cmd_scenario_stats(a: argparse.Namespace) -> None:
         a.scenario,
         dataset=a.dataset,
         variant=a.variant,
-        rates=_floats(a.rates) if a.rates else None,
+        rates=_floats(a.rates) if a.rates is not None else None,
         seed=a.seed,
         data_root=a.data_root,
         scale=a.scale,
@@ -179,7 +215,7 @@ def _run_config(a: argparse.Namespace, model: str, scenario: str):
         protocol=a.protocol,
         epochs=a.epochs,
         device=a.device,
-        rates=tuple(_floats(a.rates)) if a.rates else None,
+        rates=tuple(_floats(a.rates)) if a.rates is not None else None,
         train_policy=a.train_policy,
         batch_size=a.batch_size,
         patience=a.patience,
@@ -197,24 +233,34 @@ def _hparams(items: Sequence[str] | None) -> dict:
         if "=" not in item:
             raise UserError(f"bad --hp {item!r}; expected NAME=VALUE")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise UserError(f"bad --hp {item!r}; expected NAME=VALUE")
+        if k in out:
+            raise UserError(f"--hp {k} is given twice")
         try:
             out[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             out[k] = v
     return out
 
 
 def cmd_run(a: argparse.Namespace) -> None:
     from mer_bench.training.runner import run_cells
+    from mer_bench.training.validate import check_seeds
 
     seeds = _ints(a.seeds)
+    check_seeds(seeds)
     cells = [(_run_config(a, a.model, a.scenario), s) for s in seeds]
     run_cells(cells, results=a.results, force=a.force, jobs=1, backend="joblib", progress=True)
 
 
 def cmd_grid(a: argparse.Namespace) -> None:
     from mer_bench.training.runner import run_cells
+    from mer_bench.training.validate import check_seeds
 
+    check_seeds(_ints(a.seeds))
+    if not _names(a.models) or not _names(a.scenarios):
+        raise UserError("--models and --scenarios each need at least one name")
     cells = [
         (_run_config(a, m, s), seed)
         for m in _names(a.models)
@@ -310,7 +356,7 @@ def _common_data(p: argparse.ArgumentParser, dataset_default: str | None = "synt
     p.add_argument("--dataset", default=dataset_default, help="dataset name (see `ls datasets`)")
     p.add_argument("--variant", default="unaligned", choices=["aligned", "unaligned"])
     p.add_argument("--data-root", default=None, help="root of real data (else $MER_BENCH_DATA)")
-    p.add_argument("--scale", type=float, default=None, help="shrink a synthetic dataset")
+    p.add_argument("--scale", type=_scale, default=None, help="shrink a dataset, in (0, 1]")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -318,9 +364,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="binary", choices=["binary", "seven"])
     p.add_argument("--seeds", default="1111", help="comma-separated seeds (default 1111)")
     p.add_argument("--protocol", default="fair", choices=["fair", "paper"])
-    p.add_argument("--epochs", type=int, default=None, help="max epochs (model default if unset)")
-    p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=_count(100_000), default=None,
+                   help="max epochs (model default if unset)")
+    p.add_argument("--patience", type=_count(100_000), default=None)
+    p.add_argument("--batch-size", type=_count(1_000_000), default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--rates", default=None, help="test rates, e.g. 0,0.5,1 (scenario grid if unset)")
     p.add_argument(
@@ -353,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("synth", help="generate an embedded synthetic dataset")
     p.add_argument("--dataset", default="synth-mosi")
     p.add_argument("--variant", default="unaligned", choices=["aligned", "unaligned"])
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--scale", type=float, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
+    p.add_argument("--scale", type=_scale, default=None)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_data_synth)
     for name, func, hlp in (
@@ -369,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-csv", required=True)
     p.add_argument("--encoder", default="minilm", help="minilm or a local BERT-family directory")
     p.add_argument("--out", default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--variant", default="unaligned", choices=["aligned", "unaligned"])
     p.set_defaults(func=cmd_data_build)
 
@@ -383,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario")
     _common_data(p)
     p.add_argument("--rates", default=None)
-    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scenario_stats)
 
@@ -393,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_data(p, dataset_default=None)
     p.add_argument("--task", default="binary", choices=["binary", "seven"])
     p.add_argument("--label-csv", default=None)
-    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--out", default=None, help="splits directory (default: the project's)")
     p.set_defaults(func=cmd_split_build)
     p = spsub.add_parser("check", help="print the shift statistic and class priors of a split")
@@ -415,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", required=True)
     _run_args(p)
     p.add_argument("--backend", default="joblib", choices=["joblib", "ray"])
-    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--jobs", type=_count(256), default=1)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_grid)
@@ -450,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="binary", choices=["binary", "seven"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--hp", action="append")
-    p.add_argument("--epochs", type=int, default=1, help="epochs to time")
+    p.add_argument("--epochs", type=_count(100_000), default=1, help="epochs to time")
     p.set_defaults(func=cmd_complexity)
 
     p = sub.add_parser("tune", help="Optuna search on validation only (extra `tune`)")
@@ -458,9 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="rmfm-iid")
     _common_data(p)
     p.add_argument("--task", default="binary", choices=["binary", "seven"])
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--trials", type=_count(100_000), default=20)
+    p.add_argument("--epochs", type=_count(100_000), default=None)
+    p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--results", default="results")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_tune)
@@ -480,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"mer-bench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the user named: unreadable, not writable, disk full
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"mer-bench: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mer-bench: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def mmsa_split(n: int, rng, aligned: bool, la: int = 12, lv: int = 14, da: int = 5, dv: int = 20,
-               dt: int = 16, lt: int = 10, lengths: bool = True) -> dict:
+               dt: int = 16, lt: int = 10, lengths: bool = True, prefix: str = "") -> dict:
     """One split in MMSA's layout (float64/object arrays and lists, as MMSA writes them)."""
     tl = rng.integers(3, lt + 1, n)
     ids = np.zeros((n, 3, lt))
@@ -42,7 +42,7 @@ def mmsa_split(n: int, rng, aligned: bool, la: int = 12, lv: int = 14, da: int =
         "regression_labels": y,
         "classification_labels": three_class(y).astype(np.float64),
         "annotations": np.array(["Positive"] * n, dtype=object),
-        "id": np.array([f"vid{i // 3}$_${i % 3}" for i in range(n)], dtype=object),
+        "id": np.array([f"{prefix}vid{i // 3}$_${i % 3}" for i in range(n)], dtype=object),
     }
     if lengths and not aligned:
         d["audio_lengths"] = list(rng.integers(1, la + 1, n))
@@ -52,7 +52,8 @@ def mmsa_split(n: int, rng, aligned: bool, la: int = 12, lv: int = 14, da: int =
 
 def mmsa_obj(aligned: bool, seed: int = 0, counts=(6, 3, 4), **kw) -> dict:
     rng = np.random.default_rng(seed)
-    return {s: mmsa_split(n, rng, aligned, **kw) for s, n in zip(("train", "valid", "test"), counts)}
+    return {s: mmsa_split(n, rng, aligned, prefix="" if s == "train" else s, **kw)
+            for s, n in zip(("train", "valid", "test"), counts)}  # ids unique across splits
 
 
 def dump(obj, path: Path) -> Path:
@@ -181,8 +182,11 @@ def test_label_csv(tmp_path):
     df = mmsa.read_label_csv(p)
     assert list(df["id"]) == ["abc$_$1", "abc$_$2", "0123$_$10"]
     assert df["label"].tolist() == [1.2, 0.0, -2.0] and df["text"].iloc[1] == ""
-    p.write_text("video_id,clip_id,text,label,mode\nabc,1,x,1,train\n")
-    with pytest.raises(DataError, match="missing column.*annotation"):
+    # `annotation` is optional (derived from the label's sign); the others are required
+    p.write_text("video_id,clip_id,text,label,mode\nabc,1,x,1,train\nabc,2,y,-0.4,test\n")
+    assert mmsa.read_label_csv(p)["annotation"].tolist() == ["Positive", "Negative"]
+    p.write_text("video_id,clip_id,text,annotation,mode\nabc,1,x,Positive,train\n")
+    with pytest.raises(DataError, match="missing column.*label"):
         mmsa.read_label_csv(p)
     p.write_text("video_id,clip_id,text,label,annotation,mode\nabc,1,x,1,Positive,dev\n")
     with pytest.raises(DataError, match="bad mode.*'dev'"):

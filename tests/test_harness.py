@@ -68,7 +68,8 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_cells(cells, results=str(tmp_path), progress=False)
     store = Store(tmp_path)
-    done = [runner.resolve(c, s).run_id for c, s in cells if store.is_done(runner.resolve(c, s).run_id)]
+    ids = [runner.identified(c, s)[0].run_id for c, s in cells]  # run ids carry the data's identity
+    done = [i for i in ids if store.is_done(i)]
     assert len(done) == 1
     first_mtime = store.record_path(done[0]).stat().st_mtime_ns
 

@@ -73,11 +73,20 @@ def _strings(x: Any, n: int, where: str, key: str) -> np.ndarray:
         arr = arr.reshape(-1) if arr.size == n else arr
     if arr.ndim != 1 or arr.shape[0] != n:
         raise DataError(f"{where}: '{key}' has shape {arr.shape}, expected ({n},)")
+    width = arr.dtype.itemsize // (4 if arr.dtype.kind == "U" else 1)
+    if arr.dtype.kind in "US" and width > MAX_TEXT_CHARS:
+        raise DataError(f"{where}: '{key}' holds strings longer than {MAX_TEXT_CHARS} characters")
     if arr.dtype.kind == "U":
         return arr
     if arr.dtype.kind == "S":
         return np.char.decode(arr, "utf-8", errors="replace")
-    return np.array([str(v) for v in arr.tolist()], dtype=str) if n else np.array([], dtype=str)
+    values = [str(v) for v in arr.tolist()]
+    long = next((i for i, v in enumerate(values) if len(v) > MAX_TEXT_CHARS), None)
+    if long is not None:  # one huge field would widen every row of a fixed-width array
+        raise DataError(
+            f"{where}: '{key}' entry {long} is longer than {MAX_TEXT_CHARS} characters"
+        )
+    return np.array(values, dtype=str) if n else np.array([], dtype=str)
 
 
 def _labels(x: Any, where: str, key: str) -> np.ndarray:
@@ -373,7 +382,14 @@ def read_casp_file(path: str | os.PathLike, name: str, origin: str) -> MMDataset
 
 
 # ----------------------------------------------------------------------------- label.csv
-LABEL_COLUMNS = ("video_id", "clip_id", "text", "label", "annotation", "mode")
+LABEL_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")  # `annotation` is optional
+LABEL_RANGE = (-3.0, 3.0)  # MOSI/MOSEI sentiment scale
+MAX_TEXT_CHARS = 20_000  # a transcript longer than this is not an utterance
+
+
+def annotation_of(labels: np.ndarray) -> np.ndarray:
+    """MMSA's `annotation` from the label's sign (what several MMSA-derived copies omit)."""
+    return np.where(labels > 0, "Positive", np.where(labels < 0, "Negative", "Neutral"))
 MODES = frozenset(SPLITS)
 
 
@@ -395,16 +411,33 @@ def read_label_csv(path: str | os.PathLike | IO[str]):
     if missing:
         raise DataError(
             f"{where}: missing column(s) {', '.join(missing)}; MMSA label.csv needs "
-            f"{', '.join(LABEL_COLUMNS)}"
+            f"{', '.join(LABEL_COLUMNS)} (annotation is optional)"
+        )
+    long = np.flatnonzero(df["text"].astype(str).str.len().to_numpy() > MAX_TEXT_CHARS)
+    if len(long):
+        raise DataError(
+            f"{where}: transcript at data row {int(long[0]) + 1} is longer than "
+            f"{MAX_TEXT_CHARS} characters"
         )
     bad = sorted(set(df["mode"].astype(str)) - MODES)
     if bad:
         raise DataError(f"{where}: bad mode value(s) {', '.join(map(repr, bad[:5]))}; expected train, valid or test")
-    labels = pd.to_numeric(df["label"], errors="coerce")
-    if labels.isna().any() or not np.isfinite(labels.to_numpy()).all():
-        row = int(np.flatnonzero(~np.isfinite(labels.to_numpy(dtype=float)))[0])
-        raise DataError(f"{where}: non-numeric or non-finite label at data row {row + 1}")
-    df["label"] = labels.astype(np.float64)
+    labels = pd.to_numeric(df["label"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(labels).all():
+        row = int(np.flatnonzero(~np.isfinite(labels))[0])
+        raise DataError(
+            f"{where}: non-numeric or non-finite label {df['label'].iloc[row]!r} at data row {row + 1}"
+        )
+    low, high = LABEL_RANGE
+    out = np.flatnonzero((labels < low) | (labels > high))
+    if len(out):
+        row = int(out[0])
+        raise DataError(
+            f"{where}: label {labels[row]:g} at data row {row + 1} is outside [{low:g}, {high:g}]"
+        )
+    df["label"] = labels
+    if "annotation" not in df.columns:
+        df["annotation"] = annotation_of(labels)
     df["id"] = df["video_id"].astype(str) + "$_$" + df["clip_id"].astype(str)
     if df["id"].duplicated().any():
         dup = df.loc[df["id"].duplicated(), "id"].iloc[0]

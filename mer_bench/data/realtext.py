@@ -37,6 +37,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+MAX_FEATURE = 1e4  # encoder features are O(1); larger values mean a broken encoder or cache
+
+
+def _check_features(x: np.ndarray, where: str) -> None:
+    if not np.isfinite(x).all():
+        raise UserError(f"{where}: non-finite values")
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > MAX_FEATURE:
+        raise UserError(f"{where}: magnitude {peak:.3g} exceeds {MAX_FEATURE:g}")
+
+
 def default_out(label_csv: str | os.PathLike, encoder: str, variant: str) -> Path:
     """cache_dir()/realtext/<csv-stem>_<encoder>_<variant>.pkl"""
     from mer_bench.paths import cache_dir
@@ -136,6 +147,7 @@ def build_from_label_csv(
     feats = cached_features(key, lambda: enc.encode(ids, mask))
     if feats.shape != (len(df), TEXT_LEN, enc.dim):  # stale or foreign cache entry
         feats = enc.encode(ids, mask)
+    _check_features(feats, f"{enc.name} features of {csv}")
 
     shape = _shape_name(csv, len(df))
     video_codes = {v: i for i, v in enumerate(dict.fromkeys(df["video_id"].astype(str)))}

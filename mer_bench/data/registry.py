@@ -55,6 +55,27 @@ def _synth_file(name: str, variant: str, scale: float | None) -> tuple[Path, dic
     return path, side
 
 
+def _checked_cache(
+    name: str, variant: str, scale: float | None, read: Callable[[Path, dict], MMDataset]
+) -> MMDataset:
+    """Read a cached synthetic file and check it against its sidecar's SHA-256; a file changed
+    since it was generated (tampered, or half-copied) is reported and regenerated."""
+    from mer_bench.data.synth import synthesize
+    from mer_bench.errors import warn
+
+    path, side = _synth_file(name, variant, scale)
+    ds = read(path, side)
+    if side.get("sha256") and ds.sha256 != side["sha256"]:
+        warn(f"{path} does not match the checksum in its sidecar (changed since it was "
+             "generated); regenerating it")
+        synthesize(name, variant=variant, scale=scale)
+        path, side = _synth_file(name, variant, scale)
+        ds = read(path, side)
+        if ds.sha256 != side.get("sha256"):
+            raise UserError(f"{path}: regenerated file does not match its sidecar checksum")
+    return ds
+
+
 def _synth_meta(path: Path, side: dict, scale: float | None) -> dict:
     return {
         "synthetic": True,
@@ -70,11 +91,13 @@ def _synth_loader(name: str) -> Loader:
         from mer_bench.data.mmsa import read_mmsa_pickle
         from mer_bench.data.synth import split_counts
 
-        path, side = _synth_file(name, variant, scale)
-        return read_mmsa_pickle(
-            path, name, variant, expected_counts=split_counts(name, scale),
-            meta=_synth_meta(path, side, scale),
-        )
+        def read(path: Path, side: dict) -> MMDataset:
+            return read_mmsa_pickle(
+                path, name, variant, expected_counts=split_counts(name, scale),
+                meta=_synth_meta(path, side, scale),
+            )
+
+        return _checked_cache(name, variant, scale, read)
 
     return load
 
@@ -88,10 +111,12 @@ def _synth_cross_loader(name: str) -> CrossLoader:
 
         twin = CROSS_PROFILES[name]
         if not test_only:
-            path, side = _synth_file(twin, "aligned", scale)
-            ds = read_casp_file(path, name, f"synthetic CASP-shaped release ({twin})")
-            ds.meta.update(_synth_meta(path, side, scale))
-            return ds
+            def read(path: Path, side: dict) -> MMDataset:
+                ds = read_casp_file(path, name, f"synthetic CASP-shaped release ({twin})")
+                ds.meta.update(_synth_meta(path, side, scale))
+                return ds
+
+            return _checked_cache(twin, "aligned", scale, read)
         # only the partner's test split is used: build just that (identical to the file's)
         raw = synth_split(twin, "test", "aligned", scale)
         test, _ = convert_split(raw, f"{twin} [test]", True, "test")

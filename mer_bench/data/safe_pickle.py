@@ -79,6 +79,10 @@ _RECORD_FIELDS = {
     "filename",
 }
 _MAX_ELEMENTS = 1 << 40  # refuse absurd shapes before allocating
+MAX_RATIO = 200  # decompressed / compressed bytes: features compress far less; a bomb far more
+MAX_BYTES = int(os.environ.get("MER_BENCH_MAX_DATA_BYTES", 64 * 2**30))  # any one data file
+MAX_NODES = 2_000_000  # containers and items visited (shared references counted each time)
+MAX_DEPTH = 32  # MMSA files nest 3 deep
 
 
 class _ArrayRecord:
@@ -128,11 +132,13 @@ class _HashingReader(io.RawIOBase):
 class _RestrictedUnpickler(pickle._Unpickler):  # the Python implementation: BUILD is hookable
     dispatch = pickle._Unpickler.dispatch.copy()
 
-    def __init__(self, file: IO[bytes], where: str, directory: Path | None) -> None:
+    def __init__(self, file: IO[bytes], where: str, directory: Path | None,
+                 limit: int = MAX_BYTES) -> None:
         super().__init__(file, encoding="latin1")
         self._where = where
         self._dir = directory
         self._file = file
+        self._limit = limit
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _JOBLIB_RECORDS:
@@ -170,11 +176,13 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the Python implementation: BUI
         ):
             raise DataError(f"{self._where}: malformed joblib array shape {shape!r}")
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count > _MAX_ELEMENTS:
-            raise DataError(f"{self._where}: joblib array shape {shape} is implausibly large")
+        if count > _MAX_ELEMENTS or count * dtype.itemsize > self._limit:
+            raise DataError(
+                f"{self._where}: joblib array shape {shape} is larger than the file can hold"
+            )
         if dtype.hasobject:
             # joblib writes object arrays as a nested pickle stream: same restrictions apply.
-            nested = _RestrictedUnpickler(self._file, self._where, self._dir)
+            nested = _RestrictedUnpickler(self._file, self._where, self._dir, self._limit)
             arr = nested.load()
             if not isinstance(arr, np.ndarray):
                 raise DataError(f"{self._where}: joblib object array did not decode to an array")
@@ -254,6 +262,60 @@ class _ZlibReader(io.RawIOBase):
         return n
 
 
+class _Bounded(io.RawIOBase):
+    """Passes a decompressed stream through, refusing it once it exceeds `limit` bytes (a
+    compressed 'bomb' is stopped before it fills memory)."""
+
+    def __init__(self, raw: IO[bytes], limit: int, where: str) -> None:
+        self._raw, self._left, self._where, self._limit = raw, limit, where, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # noqa: ANN001
+        n = self._raw.readinto(buf) or 0
+        self._left -= n
+        if self._left < 0:
+            raise DataError(
+                f"{self._where}: decompresses to more than {self._limit} bytes "
+                f"({MAX_RATIO}x the file, at most {MAX_BYTES}); refused as a compression bomb"
+            )
+        return n
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset, np.ndarray)
+
+
+def _check_structure(obj: Any, where: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH or more than MAX_NODES items in all (shared
+    references are counted at every use, as any consumer walking the object would)."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    seen = 0
+    while stack:
+        x, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            what = "nested too deeply" if depth > MAX_DEPTH else f"more than {MAX_NODES} items"
+            raise DataError(f"{where}: data structure {what} (shared-reference nesting?)")
+        if isinstance(x, dict):
+            items = [*x.values(), *x.keys()]
+        elif isinstance(x, list | tuple | set | frozenset):
+            items = list(x)
+        elif isinstance(x, np.ndarray) and x.dtype.hasobject:
+            items = x.reshape(-1).tolist()
+        else:
+            continue
+        seen += len(items)  # leaves are counted in bulk; containers are walked
+        stack.extend((v, depth + 1) for v in items if isinstance(v, _CONTAINERS))
+
+
+def _file_size(fh: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
 def _decompressing(f: IO[bytes], head: bytes) -> IO[bytes] | None:
     if head[:2] == b"ZF":
         return None  # joblib < 0.10 zfile format: not supported
@@ -267,15 +329,22 @@ def _decompressing(f: IO[bytes], head: bytes) -> IO[bytes] | None:
 
 def _load(fh: IO[bytes], where: str, directory: Path | None) -> tuple[Any, str]:
     head = fh.peek(8)[:8] if hasattr(fh, "peek") else b""
+    size = _file_size(fh)
+    limit = MAX_BYTES if size is None else min(MAX_BYTES, max(MAX_RATIO * size, 1 << 26))
     reader = _HashingReader(fh)
     stream: IO[bytes] = io.BufferedReader(reader, buffer_size=1 << 20)
     if head and head[:1] != b"\x80":
         inner = _decompressing(stream, head)
         if inner is None:
             raise DataError(f"{where}: old joblib 'ZF' compressed files are not supported")
+        if inner is not stream:
+            inner = io.BufferedReader(_Bounded(inner, limit, where), buffer_size=1 << 20)
         stream = inner
+    elif size is not None:
+        limit = size  # uncompressed: no array can hold more bytes than the file
     try:
-        obj = _RestrictedUnpickler(stream, where, directory).load()
+        obj = _RestrictedUnpickler(stream, where, directory, limit).load()
+        _check_structure(obj, where)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - only admitted constructs ran: any failure is bad data

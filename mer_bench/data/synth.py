@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -716,14 +717,42 @@ def synthesize(
     return path
 
 
-def read_sidecar(pkl: str | os.PathLike) -> dict | None:
+def read_sidecar(pkl: str | os.PathLike, strict: bool = False) -> dict | None:
+    """The `<pkl>.json` provenance, or None when there is none. A malformed one (not JSON, not
+    an object, bad `counts`/`sha256`/`variant` fields) is a one-line `DataError` with `strict`,
+    else None (a cache entry is then regenerated)."""
     side = sidecar_path(pkl)
     if not side.is_file():
         return None
     try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        doc = json.loads(side.read_text())
+        problem = _sidecar_problem(doc)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        problem = f"not readable JSON ({str(e).splitlines()[0][:60] if str(e) else type(e).__name__})"
+    if problem is None:
+        return doc
+    if strict:
+        from mer_bench.errors import DataError
+
+        raise DataError(f"{side}: malformed sidecar: {problem}")
+    return None
+
+
+def _sidecar_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return "expected a JSON object"
+    counts = doc.get("counts")
+    if counts is not None and not (
+        isinstance(counts, dict)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())
+    ):
+        return "'counts' must map split names to non-negative integers"
+    sha = doc.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        return "'sha256' must be 64 hex digits"
+    if doc.get("variant") not in (None, "aligned", "unaligned"):
+        return "'variant' must be aligned or unaligned"
+    return None
 
 
 def default_knobs(dataset: str) -> Knobs:

@@ -89,11 +89,10 @@ def _path_target(path: Path) -> Target:
 
     if not path.is_file():
         raise UserError(f"{path}: no such file, and not a dataset name (see `mer-bench ls datasets`)")
-    side = read_sidecar(path)
+    side = read_sidecar(path, strict=True)
     if side and isinstance(side.get("counts"), dict):
-        return Target(path, side.get("dataset", path.stem), side.get("variant"),
-                      {k: int(v) for k, v in side["counts"].items()}, side.get("sha256"),
-                      "its sidecar", False)
+        return Target(path, str(side.get("dataset", path.stem)), side.get("variant"),
+                      side["counts"], side.get("sha256"), "its sidecar", False)
     ds = dataset_of(path)
     in_ood = any(part.upper().startswith("OOD_") for part in path.parts)
     counts = EXPECTED_COUNTS.get(ds) if ds and not in_ood else None
@@ -145,6 +144,7 @@ def _check_file(t: Target) -> tuple[MMDataset, list[str]]:
     where = str(t.path)
     counts = ds.counts()
     lines = [str(t.path)]
+    _check_ids(ds, where)
     if t.expected_counts:
         for s, n in t.expected_counts.items():
             if counts.get(s) != n:
@@ -170,6 +170,21 @@ def _check_file(t: Target) -> tuple[MMDataset, list[str]]:
     lines.append("  values: finite; lengths within range; labels in [-3, 3]")
     lines.append("  " + _check_text_bert(ds, where))
     return ds, lines
+
+
+def _check_ids(ds: MMDataset, where: str) -> None:
+    """Every split non-empty; ids unique within and across splits (a sample in two splits
+    leaks test data into training)."""
+    owner: dict[str, str] = {}
+    for s in SPLITS:
+        ids = np.asarray(ds[s].id).astype(str).tolist()
+        if not ids:
+            raise DataError(f"{where} [{s}]: the split is empty")
+        for v in ids:
+            if v in owner:
+                both = "twice" if owner[v] == s else f"in both {owner[v]} and {s}"
+                raise DataError(f"{where}: id {v!r} appears {both}")
+            owner[v] = s
 
 
 def _sha_line(t: Target, sha: str) -> str:

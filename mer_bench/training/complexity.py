@@ -26,7 +26,9 @@ def measure(
     from mer_bench.data.registry import load_dataset
     from mer_bench.models import build_model
     from mer_bench.scenarios import get_policy
+    from mer_bench.training.validate import check_model_hparams
 
+    check_model_hparams(model_name, hparams or {})
     dev = resolve_device(device)
     ds = load_dataset(dataset, variant=variant, distribution="iid", task=task,
                       data_root=data_root, scale=scale)

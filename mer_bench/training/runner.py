@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from mer_bench.errors import UserError
 from mer_bench.results.store import Store, atomic_write_bytes
 from mer_bench.training import provenance
+from mer_bench.training.keys import data_identity, dataset_slug, model_code_version
 from mer_bench.training.progress import grid_bar
 from mer_bench.training.selection import describe as describe_selection
 from mer_bench.training.trainer import (
@@ -77,8 +78,12 @@ class Resolved:
     batch_size: int
     run_id: str
     config_hash: str
+    hash_payload: dict[str, Any] = field(default_factory=dict, compare=False)
+    data: dict[str, Any] | None = None  # the loaded data's identity (`identify`)
 
     def train_key(self, point_label: str | None = None) -> str:
+        """Keys a trained model: everything that shapes training, the data's identity and
+        the model's code version, so a stale checkpoint is never reused."""
         c = self.cfg
         payload = {
             "model": c.model,
@@ -96,17 +101,40 @@ class Resolved:
             "one_to_one_point": point_label,
             "one_to_one_mode": self.scenario.mode.name if point_label is not None else None,
             "trainer_version": TRAINER_VERSION,
+            "data": self.data,
+            "code": model_code_version(c.model),
         }
-        return f"{c.model.replace('+', '-')}__{c.dataset}__{provenance.config_hash(payload)}"
+        slug = dataset_slug(c.dataset)
+        return f"{c.model.replace('+', '-')}__{slug}__{provenance.config_hash(payload)}"
+
+
+def _run_id(r: Resolved, h: str) -> str:
+    c = r.cfg
+    parts = [c.model.replace("+", "-"), dataset_slug(c.dataset), c.variant, c.task,
+             r.scenario.name, c.protocol, f"s{r.seed}", h]
+    return "__".join(parts)
+
+
+def identify(r: Resolved, ds) -> Resolved:
+    """`r` with the loaded data's identity in its config hash, run id and training key."""
+    ident = data_identity(ds)
+    h = provenance.config_hash({**r.hash_payload, "data": ident})
+    return replace(r, data=ident, config_hash=h, run_id=_run_id(r, h))
 
 
 def resolve(cfg: RunConfig, seed: int) -> Resolved:
     """Fill defaults and validate names without loading data (errors are one line, exit 2)."""
     from mer_bench.models import load_builtin_models
     from mer_bench.scenarios import get_scenario
+    from mer_bench.training import validate
 
     if cfg.task not in ("binary", "seven"):
         raise UserError(f"unknown task {cfg.task!r}; choose one of: binary, seven")
+    validate.check_seeds([seed])
+    validate.check_count("--epochs", cfg.epochs, validate.MAX_EPOCHS)
+    validate.check_count("--patience", cfg.patience, validate.MAX_EPOCHS)
+    validate.check_count("--batch-size", cfg.batch_size, validate.MAX_BATCH)
+    validate.check_rates(cfg.rates)
     if cfg.protocol not in ("fair", "paper"):
         raise UserError(f"unknown protocol {cfg.protocol!r}; choose one of: fair, paper")
     registry = load_builtin_models()
@@ -150,12 +178,7 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
             hp["compat"] = ",".join(sorted(compat))
         if cfg.ablations:
             hp["ablations"] = tuple(cfg.ablations)
-    unknown = {k for k in hp if "." not in k} - set(cls.defaults)
-    if unknown:
-        raise UserError(
-            f"unknown hyper-parameter(s) {', '.join(sorted(unknown))} for {base}; valid: "
-            + (", ".join(sorted(cls.defaults)) or "(none)")
-        )
+    validate.check_model_hparams(cfg.model, hp)
     if cfg.train_policy:
         policy = cfg.train_policy
     elif "per_element_train" in compat:
@@ -164,9 +187,9 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         policy = "per-sample-uniform"
     if cls.training == "one-to-one":
         policy = "fixed-rate"
-    epochs = cfg.epochs or getattr(cls, "max_epochs", 200)
-    patience = cfg.patience or getattr(cls, "patience", 10)
-    batch_size = cfg.batch_size or getattr(cls, "batch_size", 128)
+    epochs = getattr(cls, "max_epochs", 200) if cfg.epochs is None else cfg.epochs
+    patience = getattr(cls, "patience", 10) if cfg.patience is None else cfg.patience
+    batch_size = getattr(cls, "batch_size", 128) if cfg.batch_size is None else cfg.batch_size
     payload = {
         "grid": scenario.grid_labels(),
         "scenario_version": scenario.version,
@@ -178,21 +201,10 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         "scale": cfg.scale,
     }
     h = provenance.config_hash(payload)
-    run_id = "__".join(
-        [
-            cfg.model.replace("+", "-"),
-            cfg.dataset,
-            cfg.variant,
-            cfg.task,
-            scenario.name,
-            cfg.protocol,
-            f"s{seed}",
-            h,
-        ]
+    r = Resolved(
+        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, "", h, payload
     )
-    return Resolved(
-        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, run_id, h
-    )
+    return replace(r, run_id=_run_id(r, h))
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -258,10 +270,8 @@ def _build_and_train(
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
     if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        info = state["info"]
-        return model, TrainResult(**info), key, True
+        info = _load_checkpoint(model, ckpt, key, r.seed)
+        return model, info, key, True
     settings = TrainSettings(
         task=r.cfg.task,
         epochs=r.epochs,
@@ -288,10 +298,41 @@ def _build_and_train(
         desc=f"{r.cfg.model} s{r.seed}" + (f" @{point.label}" if r.policy == "fixed-rate" else ""),
     )
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "info": asdict(result)}, buf)
-    atomic_write_bytes(ckpt, buf.getvalue())
+    torch.save(
+        {"model": model.state_dict(), "info": asdict(result), "seed": r.seed, "train_key": key},
+        buf,
+    )
+    try:
+        atomic_write_bytes(ckpt, buf.getvalue())
+    except OSError as e:
+        raise UserError(f"could not write checkpoint {ckpt} ({e.strerror or e})") from None
     _FRESH.add(str(ckpt))
     return model, result, key, False
+
+
+def _load_checkpoint(model: torch.nn.Module, ckpt, key: str, seed: int) -> TrainResult:
+    """Weights through the safe loader; the checkpoint must be the one its name says (training
+    key and seed recorded inside), else a one-line error with the fix."""
+    from mer_bench.data.safe_pickle import safe_torch_load
+
+    fix = "delete it or rerun with --force"
+    try:
+        state = safe_torch_load(ckpt)
+    except UserError as e:
+        raise UserError(f"{e}; {fix}") from None
+    if not isinstance(state, dict) or not {"model", "info"} <= set(state):
+        raise UserError(f"{ckpt} is not a mer-bench checkpoint; {fix}")
+    if state.get("train_key") != key or state.get("seed") != seed:
+        raise UserError(
+            f"{ckpt} was written for training key {state.get('train_key')!r}, seed "
+            f"{state.get('seed')!r}, not {key}, seed {seed}; {fix}"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        return TrainResult(**state["info"])
+    except (RuntimeError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise UserError(f"{ckpt} does not fit this model ({first}); {fix}") from None
 
 
 @dataclass
@@ -315,16 +356,27 @@ class Stage:
 
 def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progress: bool = False):
     """Train and evaluate one (config, seed) cell and write it to the store; returns its record
-    (or the existing record when the cell is already finished and `force` is False).
+    (or the existing record when the cell is already finished and `force` is False). The cell
+    is claimed while it is computed, so a second process never trains it at the same time.
     Stages: train -> predict -> score -> record."""
-    from mer_bench.data.registry import load_dataset
-
-    r = resolve(cfg, seed)
+    t_start = time.perf_counter()
+    r, ds = identified(cfg, seed)
+    t_data = time.perf_counter() - t_start
     store = Store(results)
     if store.is_done(r.run_id) and not force:
         return store.load_record(r.run_id)
-    device = resolve_device(cfg.device)
-    t_start = time.perf_counter()
+    store.check_writable()
+    with store.claim(r.run_id):
+        if store.is_done(r.run_id) and not force:  # finished by another process meanwhile
+            return store.load_record(r.run_id)
+        return _compute_cell(r, ds, store, force, progress, t_start, t_data)
+
+
+def identified(cfg: RunConfig, seed: int):
+    """The resolved cell with its data's identity, and the data (loaded once per process)."""
+    from mer_bench.data.registry import load_dataset
+
+    r = resolve(cfg, seed)
     ds = load_dataset(
         cfg.dataset,
         variant=cfg.variant,
@@ -333,8 +385,16 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         data_root=cfg.data_root,
         scale=cfg.scale,
     )
-    st = Stage(r, ds, device, list(r.scenario.grid), r.policy == "fixed-rate")
-    st.timings["data_s"] = time.perf_counter() - t_start
+    return identify(r, ds), ds
+
+
+def _compute_cell(r: Resolved, ds, store: Store, force: bool, progress: bool,
+                  t_start: float, t_data: float) -> dict:
+    """The four stages of one claimed cell, then the atomic write (a write failure is one
+    line and keeps the trained checkpoints)."""
+    st = Stage(r, ds, resolve_device(r.cfg.device), list(r.scenario.grid),
+               r.policy == "fixed-rate")
+    st.timings["data_s"] = t_data
     _stage_train(st, store, progress, force)
     st.timings["train_s"] = time.perf_counter() - t_start - st.timings["data_s"]
     _stage_predict(st, store, progress, force)
@@ -343,7 +403,14 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
     )
     _stage_score(st)
     record, rows = _stage_record(st)
-    store.write_run(r.run_id, record, rows, st.preds)
+    try:
+        store.write_run(r.run_id, record, rows, st.preds)
+    except OSError as e:
+        kept = ", ".join(sorted({v[2] for v in st.trained.values()}))
+        raise UserError(
+            f"could not write results of {r.run_id} to {store.root} ({e.strerror or e}); the "
+            f"trained checkpoint(s) {kept} are kept: free space or fix permissions and rerun"
+        ) from None
     return record
 
 
@@ -495,6 +562,10 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
             "dims": list(ds.spec.dims),
             "lens": list(ds.spec.lens),
             "meta": {k: v for k, v in ds.meta.items() if isinstance(v, str | int | float | bool)},
+            "identity": r.data,
+            "dataset_arg": cfg.dataset,
+            # OOD: which split document was used (path, hash, built in memory or not)
+            **({"ood_split": ds.meta["ood_split"]} if "ood_split" in ds.meta else {}),
             # cross-dataset: which test set (and its checksum), and how it was fitted
             **({"cross": ds.meta["cross"]} if "cross" in ds.meta else {}),
         },
@@ -519,14 +590,30 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
 
 
 # ----------------------------------------------------------------------------- many cells
-def _worker(cells: list[tuple[RunConfig, int]], results: str, force: bool, threads: int):
+def _run_or_skip(cfg: RunConfig, seed: int, results: str, force: bool, progress: bool) -> None:
+    """One cell; a cell claimed by another live process is skipped with a warning."""
+    from mer_bench.results.store import CellBusy, warn
+
+    try:
+        run_cell(cfg, seed, results, force=force, progress=progress)
+    except CellBusy as e:
+        warn(f"skipped: {e}")
+
+
+def _worker(cells: list[tuple[RunConfig, int]], results: str, force: bool, threads: int,
+            parent: int | None = None) -> None:
     """Run a group of cells sharing one training in one process, with a fixed thread count so
-    parallel workers do not oversubscribe the cores."""
+    parallel workers do not oversubscribe the cores; exits when the parent process dies."""
     from mer_bench.alloc import tune_allocator
 
+    if parent is not None:
+        from mer_bench.training.watchdog import exit_when_orphaned
+
+        exit_when_orphaned(parent)
     tune_allocator()  # a fresh worker process (joblib/Ray) did not run the CLI's entry
     torch.set_num_threads(threads)
-    return [run_cell(cfg, seed, results, force=force)["run_id"] for cfg, seed in cells]
+    for cfg, seed in cells:
+        _run_or_skip(cfg, seed, results, force, False)
 
 
 def _groups(todo: list[tuple[Resolved, RunConfig, int]]) -> list[list[tuple[RunConfig, int]]]:
@@ -534,6 +621,9 @@ def _groups(todo: list[tuple[Resolved, RunConfig, int]]) -> list[list[tuple[RunC
     for r, cfg, seed in todo:
         groups.setdefault(r.train_key(), []).append((cfg, seed))
     return list(groups.values())
+
+
+MAX_JOBS = 256
 
 
 def run_cells(
@@ -546,30 +636,38 @@ def run_cells(
     progress: bool = True,
 ) -> list[dict]:
     """Run every cell not yet in the store (all of them with `force`); cells sharing a training
-    run in one job; joblib on one machine, Ray on a cluster, through the same worker."""
-    resolved = [(resolve(cfg, seed), cfg, seed) for cfg, seed in cells]  # validate everything first
+    run in one job; joblib on one machine, Ray on a cluster, through the same worker. Every
+    argument and the results location are checked before any training."""
+    from mer_bench.data.registry import clear_cache
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--jobs must be an integer in [1, {MAX_JOBS}], got {jobs!r}")
+    for cfg, seed in cells:  # validate everything first (no data loaded)
+        resolve(cfg, seed)
     store = Store(results)
+    store.check_writable()
+    resolved = [(identified(cfg, seed)[0], cfg, seed) for cfg, seed in cells]
     todo = [t for t in resolved if force or not store.is_done(t[0].run_id)]
     done = len(resolved) - len(todo)
     if progress and done:
         print(f"{done} of {len(resolved)} cell(s) already finished in {results}; skipping them")
-    if jobs < 1:
-        raise UserError("--jobs must be >= 1")
     groups = _groups(todo)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(groups) or 1)))
     bar = grid_bar(len(groups), progress and backend != "ray")
     if backend == "ray":
+        clear_cache()
         _run_ray(groups, results, force, threads, address)
     elif jobs == 1 or len(groups) <= 1:
         for group in groups:
             for cfg, seed in group:
-                run_cell(cfg, seed, results, force=force, progress=progress)
+                _run_or_skip(cfg, seed, results, force, progress)
             bar.update(1)
     else:
         from joblib import Parallel, delayed
 
+        clear_cache()  # the workers load their own data; the parent only needed identities
         par = Parallel(n_jobs=jobs, return_as="generator_unordered")
-        for _ in par(delayed(_worker)(g, results, force, threads) for g in groups):
+        for _ in par(delayed(_worker)(g, results, force, threads, os.getpid()) for g in groups):
             bar.update(1)
     bar.close()
     records = [store.load_record(t[0].run_id) for t in resolved if store.is_done(t[0].run_id)]

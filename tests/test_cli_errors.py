@@ -1,0 +1,140 @@
+"""Every command and every argument kind: bad input is one line on stderr, exit 2, no
+traceback, and nothing is trained (checked in process: an uncaught exception fails the test)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mer_bench.cli import main
+from mer_bench.training import runner, trainer
+
+RUN = ["run", "--model", "lf_dnn", "--scenario", "rmfm-iid", "--scale", "0.05"]
+
+
+def _cases(tmp_path):
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"\x80\x04not a pickle")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("video_id,clip_id\n1,2\n")
+    res = ["--results", str(tmp_path / "res")]
+    return {
+        # data
+        "synth: unknown dataset": ["data", "synth", "--dataset", "nope"],
+        "synth: scale 0": ["data", "synth", "--scale", "0"],
+        "synth: scale nan": ["data", "synth", "--scale", "nan"],
+        "synth: negative seed": ["data", "synth", "--seed", "-1"],
+        "synth: out is a directory": ["data", "synth", "--scale", "0.05", "--out", str(tmp_path)],
+        "synth: bad variant": ["data", "synth", "--variant", "diagonal"],
+        "verify: missing file": ["data", "verify", str(tmp_path / "none.pkl")],
+        "verify: garbage file": ["data", "verify", str(garbage)],
+        "info: garbage file": ["data", "info", str(garbage)],
+        "build: missing csv": ["data", "build", "--label-csv", str(tmp_path / "none.csv")],
+        "build: csv without columns": ["data", "build", "--label-csv", str(bad_csv)],
+        "build: bad seed": ["data", "build", "--label-csv", str(bad_csv), "--seed", "x"],
+        # ls, scenario
+        "ls: bad kind": ["ls", "everything"],
+        "stats: unknown scenario": ["scenario", "stats", "nope", "--scale", "0.05"],
+        "stats: bad rates": ["scenario", "stats", "rmfm", "--rates", "0,2"],
+        "stats: bad scale": ["scenario", "stats", "rmfm", "--scale", "-1"],
+        # split
+        "split build: unknown dataset": ["split", "build", "--dataset", "nope"],
+        "split build: bad task": ["split", "build", "--dataset", "synth-mosi", "--task", "five"],
+        "split check: missing path": ["split", "check", "--dataset", "synth-mosi",
+                                      "--path", str(tmp_path / "none.json")],
+        # run: numbers
+        "run: epochs 0": [*RUN, "--epochs", "0", *res],
+        "run: epochs -1": [*RUN, "--epochs", "-1", *res],
+        "run: epochs text": [*RUN, "--epochs", "many", *res],
+        "run: batch 0": [*RUN, "--batch-size", "0", *res],
+        "run: patience 0": [*RUN, "--patience", "0", *res],
+        "run: seeds negative": [*RUN, "--seeds", "-5", *res],
+        "run: seeds huge": [*RUN, "--seeds", str(2**40), *res],
+        "run: seeds duplicate": [*RUN, "--seeds", "1,1", *res],
+        "run: seeds empty": [*RUN, "--seeds", "", *res],
+        # run: rates
+        "run: rates duplicate": [*RUN, "--rates", "0.5,0.5", *res],
+        "run: rates unsorted": [*RUN, "--rates", "1,0.5", *res],
+        "run: rates empty": [*RUN, "--rates", "", *res],
+        "run: rates nan": [*RUN, "--rates", "0,nan", *res],
+        # run: hyper-parameters
+        "hp: no value": [*RUN, "--hp", "dropout", *res],
+        "hp: empty name": [*RUN, "--hp", "=1", *res],
+        "hp: nan": [*RUN, "--hp", "dropout=NaN", *res],
+        "hp: out of range": [*RUN, "--hp", "dropout=2", *res],
+        "hp: wrong type float for int": [*RUN, "--hp", "hidden_text=1.5", *res],
+        "hp: wrong type bool for int": [*RUN, "--hp", "hidden_text=true", *res],
+        "hp: zero size": [*RUN, "--hp", "hidden_text=0", *res],
+        "hp: string for number": [*RUN, "--hp", "dropout=high", *res],
+        "hp: dotted name": [*RUN, "--hp", "a.b=1", *res],
+        "hp: unknown wrapper key": ["run", "--model", "lf_dnn+maci", "--scenario", "rmfm-iid",
+                                    "--hp", "maci.bogus=1", *res],
+        "hp: given twice": [*RUN, "--hp", "dropout=0.1", "--hp", "dropout=0.2", *res],
+        "run: compat on a model without it": [*RUN, "--compat", "official", *res],
+        "run: bad train policy": [*RUN, "--train-policy", "sometimes", *res],
+        "run: bad device": [*RUN, "--device", "tpu", *res],
+        "run: bad variant": [*RUN, "--variant", "diagonal", *res],
+        "run: bad task": [*RUN, "--task", "five", *res],
+        "run: ablate on a model without it": [*RUN, "--ablate", "no_mcm", *res],
+        # run: paths
+        "run: results is a file": [*RUN, "--results", str(a_file)],
+        "run: results under a file": [*RUN, "--results", str(a_file / "sub")],
+        "run: dataset path missing": [*RUN, "--dataset", "../nowhere/x.pkl", *res],
+        "run: dataset garbage": [*RUN, "--dataset", str(garbage), *res],
+        # grid
+        "grid: jobs 0": ["grid", "--models", "lf_dnn", "--scenarios", "rmfm-iid", "--jobs", "0",
+                         *res],
+        "grid: no models": ["grid", "--models", ",", "--scenarios", "rmfm-iid", *res],
+        "grid: unknown model": ["grid", "--models", "lf_dnn,nope", "--scenarios", "rmfm-iid",
+                                *res],
+        "grid: bad backend": ["grid", "--models", "lf_dnn", "--scenarios", "rmfm-iid",
+                              "--backend", "mpi", *res],
+        # report, plot, complexity, tune
+        "report: no store": ["report", "--results", str(tmp_path / "none")],
+        "report: store is a file": ["report", "--results", str(a_file)],
+        "plot: no store": ["plot", "--results", str(tmp_path / "none")],
+        "complexity: unknown model": ["complexity", "--model", "nope"],
+        "complexity: epochs 0": ["complexity", "--model", "lf_dnn", "--epochs", "0"],
+        "complexity: bad hp": ["complexity", "--model", "lf_dnn", "--hp", "dropout=-1"],
+        "tune: trials 0": ["tune", "--trials", "0"],
+        "tune: unknown model": ["tune", "--model", "nope", "--trials", "1", *res],
+    }
+
+
+CASE_NAMES = list(_cases(__import__("pathlib").Path("/tmp")))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("trained on bad input")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    monkeypatch.setattr(trainer, "train", no_training)
+    argv = _cases(tmp_path)[name]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, (name, err)
+    assert len(err.splitlines()) == 1, (name, err)
+    assert "Traceback" not in err and "error" in err
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(epochs=0), "--epochs"), (dict(epochs=-1), "--epochs"), (dict(patience=0), "--patience"),
+    (dict(batch_size=0), "--batch-size"), (dict(rates=(0.5, 0.5)), "increasing"),
+    (dict(rates=()), "empty"), (dict(hparams=(("dropout", float("nan")),)), "finite"),
+])
+def test_the_python_api_checks_the_same_numbers(change, needle):
+    """`run_cells`/`run_cell` callers get the same up-front checks as the CLI (before, epochs=0
+    silently meant the model default and epochs=-1 stored an untrained model as finished)."""
+    from mer_bench.errors import UserError
+
+    cfg = runner.RunConfig(model="lf_dnn", scenario="rmfm-iid", **change)
+    with pytest.raises(UserError, match=needle):
+        runner.resolve(cfg, 1111)
+    with pytest.raises(UserError, match="seed"):
+        runner.resolve(runner.RunConfig(model="lf_dnn", scenario="rmfm-iid"), -1)
