@@ -266,3 +266,41 @@ def test_write_failure_after_training_is_one_line_and_keeps_the_checkpoint(tmp_p
         run_cell(RunConfig(model="lf_dnn", scenario="rmfm-iid", **TINY), 1111, str(tmp_path))
     assert "No space left" in str(e.value) and "\n" not in str(e.value)
     assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_grid_workers_stop_when_the_parent_is_killed(tmp_path):
+    """`kill -9` of `grid --jobs 2`: its joblib workers exit instead of training on."""
+    import signal
+
+    res = tmp_path / "res"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "mer_bench.cli", "grid", "--models", "lf_dnn", "--scenarios",
+         "rmfm-iid,rmfm-ood", "--scale", "0.05", "--epochs", "500", "--patience", "500",
+         "--jobs", "2", "--quiet", "--results", str(res)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((res / "runs").glob("*.claim"))) < 2:
+        time.sleep(0.5)  # both workers are computing a cell
+    workers = _children(parent.pid)
+    assert len(list((res / "runs").glob("*.claim"))) == 2 and workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not list((res / "runs").glob("*.json"))  # nothing half-finished was recorded
