@@ -139,13 +139,14 @@ class Group:
 
 
 def _column(g: Group, scenario: str, metric: str, qs: dict[str, E.Quantity], what: str,
-            higher: bool = True) -> dict[str, str]:
+            higher: bool = True, signed: bool = False) -> dict[str, str]:
     """Formatted, marked cells of one column; also appends its long-form rows."""
     marks = column_marks(qs, higher, g.excluded)
     out = {}
     for label, q in qs.items():
         s = q.summary()
-        out[g.name(label)] = _marked(fmt_summary(s, g.n_seeds(label)), marks.get(label, ""))
+        text = fmt_summary(s, g.n_seeds(label), signed=signed)
+        out[g.name(label)] = _marked(text, marks.get(label, ""))
         g.long.append({"protocol": g.protocol, "dataset": g.dataset, "variant": g.variant,
                        "task": g.task, "scenario": scenario, "model": label, "quantity": what,
                        "metric": metric, "mean": s.mean, "std": s.std, "lo": s.lo, "hi": s.hi,
@@ -198,7 +199,7 @@ def _robustness_table(g: Group, metric: str, convention: str) -> pd.DataFrame:
             cols[(scenario, "RR")] = _column(g, scenario, metric, rel, f"RR {convention}")
         if eff:
             cols[(scenario, f"ER vs {REFERENCE}")] = _column(g, scenario, metric, eff,
-                                                             f"ER {convention}")
+                                                             f"ER {convention}", signed=True)
     return pd.DataFrame(cols)
 
 
