@@ -62,7 +62,7 @@ def test_fused_wsam_equals_the_masked_softmax_forward_and_backward():
     assert torch.equal(outs[0][4], m.out_proj.bias.detach().expand(7, 16))
 
 
-def _short_training() -> dict[str, float]:
+def _short_training() -> tuple[dict[str, float], np.ndarray]:
     tr, va = random_split(48, seed=1), random_split(24, seed=2)
     spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
     seed_torch(1111)
@@ -72,13 +72,33 @@ def _short_training() -> dict[str, float]:
           get_policy("per-sample-uniform").bind(1111), [])
     assert model.use_wsam
     scores = predict(model, va, None, "cpu")["scores"]
-    return score(model.output, "binary", scores, va)
+    return score(model.output, "binary", scores, va), scores
+
+
+def reference_mca_forward(self, x, lens, need_scores=False):
+    """MCA as the official seven full-size masked softmaxes (tests/test_cider.py), plus the
+    raw scaled scores of the layer when asked."""
+    from test_cider import reference_mca
+
+    scores = None
+    if need_scores:
+        b, n, _ = x.shape
+        q, k, _v = self.in_proj(x).chunk(3, dim=-1)
+        q = q.view(b, n, self.heads, -1).transpose(1, 2) * self.scaling
+        scores = q @ k.view(b, n, self.heads, -1).transpose(1, 2).transpose(-1, -2)
+    return reference_mca(self, x, lens), scores
 
 
 def test_fixed_seed_training_gives_the_same_metrics_with_the_reference_attention(monkeypatch):
-    fused = _short_training()
+    from cider.mct import MCA
+
+    fused, fused_scores = _short_training()
     monkeypatch.setattr(WSAM, "forward", reference_wsam)
-    reference = _short_training()
+    monkeypatch.setattr(MCA, "forward", reference_mca_forward)
+    reference, reference_scores = _short_training()
+    # the trained models' log-probabilities agree to float rounding, not just the metrics
+    np.testing.assert_allclose(fused_scores, reference_scores, atol=1e-4)
+    assert not np.allclose(fused_scores, fused_scores.mean(0))  # a model that discriminates
     assert fused.keys() == reference.keys()
     for k in fused:
         assert fused[k] == pytest.approx(reference[k], abs=1e-4), k
