@@ -32,6 +32,47 @@ def sinusoidal_positions(
     return table if dtype is None else table.to(dtype)
 
 
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # splitmix64 constants as signed int64
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's `>>` is arithmetic)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def dropout_scale(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """Inverted-dropout multipliers: 0 with probability p (to 1/65536), else 1 / (1 - p).
+
+    Why: attention dropout draws one random number per attention weight (B x H x L_q x L_k,
+    tens of millions per MulT step), and torch's per-element Mersenne-Twister `bernoulli_` was a
+    third of a MulT step on CPU. One seed from torch's generator (so `torch.manual_seed` keeps
+    runs reproducible) feeds a counter-based splitmix64 hash, four 16-bit draws per word.
+    """
+    n = math.prod(shape)
+    seed = torch.randint(0, 1 << 62, (1,), device=device)
+    x = torch.arange((n + 3) // 4, device=device, dtype=torch.int64).mul_(_GOLDEN).add_(seed)
+    x = (x ^ _shr(x, 30)).mul_(_MIX1)
+    x = (x ^ _shr(x, 27)).mul_(_MIX2)
+    x = x ^ _shr(x, 31)
+    keep = x.view(torch.int16)[:n] >= round(p * 65536) - 32768  # int16 is uniform on [-2^15, 2^15)
+    return (keep.to(dtype) * (1.0 / (1.0 - p))).view(shape)
+
+
+def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v, with attention dropout while training; fused
+    `scaled_dot_product_attention` whenever there is no dropout (callers unmask empty rows)."""
+    if not training or dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if mask is not None:
+        s = s.masked_fill_(~mask, -math.inf) if mask.shape == s.shape else s.add_(
+            torch.zeros(mask.shape, dtype=s.dtype, device=s.device).masked_fill_(~mask, -math.inf))
+    w = torch.softmax(s, dim=-1) * dropout_scale(s.shape, dropout, s.dtype, s.device)
+    return torch.matmul(w, v)
+
+
 def lengths_to_valid(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, max_len) bool, True at real positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
@@ -97,8 +138,7 @@ class MultiHeadAttention(nn.Module):
             # A row with no valid key would softmax over -inf only (NaN): let it see every key
             # and zero its output below.
             mask = (key_valid | ~any_valid[:, None])[:, None, None, :]
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = attention(q, k, v, mask, self.dropout, self.training)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         if any_valid is not None:
             out = out * any_valid.to(out.dtype)[:, None, None]

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.common import attention
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
@@ -91,7 +92,8 @@ def attention_mask(
 
 class MultiheadAttention(nn.Module):
     """Multi-head attention with one packed input projection (the fairseq/MulT layout, so
-    parameter counts match the official models) running on `scaled_dot_product_attention`."""
+    parameter counts match the official models) running on `baselines.common.attention` (fused
+    kernels without dropout, a cheap dropout mask with it)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -117,10 +119,8 @@ class MultiheadAttention(nn.Module):
         else:
             qh = F.linear(q, w[:d], bias[:d])
             kh, vh = F.linear(kv, w[d:], bias[d:]).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(
-            self._heads(qh), self._heads(kh), self._heads(vh), attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        out = attention(self._heads(qh), self._heads(kh), self._heads(vh), mask, self.dropout,
+                        self.training)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 

@@ -62,7 +62,7 @@ def test_fused_wsam_equals_the_masked_softmax_forward_and_backward():
     assert torch.equal(outs[0][4], m.out_proj.bias.detach().expand(7, 16))
 
 
-def _short_training() -> dict[str, float]:
+def _short_training() -> tuple[dict[str, float], np.ndarray]:
     tr, va = random_split(48, seed=1), random_split(24, seed=2)
     spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
     seed_torch(1111)
@@ -72,13 +72,33 @@ def _short_training() -> dict[str, float]:
           get_policy("per-sample-uniform").bind(1111), [])
     assert model.use_wsam
     scores = predict(model, va, None, "cpu")["scores"]
-    return score(model.output, "binary", scores, va)
+    return score(model.output, "binary", scores, va), scores
+
+
+def reference_mca_forward(self, x, lens, need_scores=False):
+    """MCA as the official seven full-size masked softmaxes (tests/test_cider.py), plus the
+    raw scaled scores of the layer when asked."""
+    from test_cider import reference_mca
+
+    scores = None
+    if need_scores:
+        b, n, _ = x.shape
+        q, k, _v = self.in_proj(x).chunk(3, dim=-1)
+        q = q.view(b, n, self.heads, -1).transpose(1, 2) * self.scaling
+        scores = q @ k.view(b, n, self.heads, -1).transpose(1, 2).transpose(-1, -2)
+    return reference_mca(self, x, lens), scores
 
 
 def test_fixed_seed_training_gives_the_same_metrics_with_the_reference_attention(monkeypatch):
-    fused = _short_training()
+    from cider.mct import MCA
+
+    fused, fused_scores = _short_training()
     monkeypatch.setattr(WSAM, "forward", reference_wsam)
-    reference = _short_training()
+    monkeypatch.setattr(MCA, "forward", reference_mca_forward)
+    reference, reference_scores = _short_training()
+    # the trained models' log-probabilities agree to float rounding, not just the metrics
+    np.testing.assert_allclose(fused_scores, reference_scores, atol=1e-4)
+    assert not np.allclose(fused_scores, fused_scores.mean(0))  # a model that discriminates
     assert fused.keys() == reference.keys()
     for k in fused:
         assert fused[k] == pytest.approx(reference[k], abs=1e-4), k
@@ -149,3 +169,42 @@ def test_mca_gradients_equal_the_seven_masked_softmaxes(lens):
         grads.append([x.grad.clone(), mca.in_proj.weight.grad.clone()])
     for new, ref in zip(*grads, strict=True):
         torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_attention_path_equals_sdpa_when_nothing_is_dropped(monkeypatch):
+    import torch.nn.functional as F
+
+    import baselines.common as common
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, n, 4, generator=g, requires_grad=True) for n in (6, 9, 9))
+    mask = torch.arange(9)[None, None, None, :] < torch.tensor([9, 4])[:, None, None, None]
+    monkeypatch.setattr(common, "dropout_scale", lambda shape, p, dtype, device: torch.ones(shape))
+    outs = []
+    for fn in (lambda: common.attention(q, k, v, mask, 0.3, True),
+               lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)):
+        for t in (q, k, v):
+            t.grad = None
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append([out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()])
+    for new, ref in zip(*outs, strict=True):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+    # without dropout (or in eval) the call is the fused kernel itself
+    torch.testing.assert_close(common.attention(q, k, v, mask, 0.3, False), outs[1][0])
+
+
+def test_cheap_dropout_mask_has_the_dropout_law_and_follows_the_seed():
+    from baselines.common import dropout_scale
+
+    torch.manual_seed(7)
+    a = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
+    b = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
+    torch.manual_seed(7)
+    again = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
+    assert torch.equal(a, again) and not torch.equal(a, b)
+    assert torch.unique(a).tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert abs(float((a == 0).float().mean()) - 0.3) < 0.005  # 400k draws: sd 0.0007
+    assert abs(float(a.mean()) - 1.0) < 0.01  # inverted dropout keeps the expectation
+    rows = (a == 0).float().mean(1)  # no structure along the flattened index
+    assert float(rows.std()) < 0.03
