@@ -225,20 +225,29 @@ class DiCMoR(BenchModel):
         return out
 
     def _recover(self, proj: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Replace dropped steps by flow recovery + RCAN; returns (sequences, where replaced)."""
-        z = {m: self.flow[m](proj[m][0])[0] for m in MODALITIES}
+        """Replace dropped steps by flow recovery + RCAN; returns (sequences, where replaced).
+        The flow passes are detached (as official): the flows learn from their NLL only."""
+        avail = {m: proj[m][1] & ~proj[m][2] for m in MODALITIES}
+        z: dict[str, torch.Tensor] = {}
+
+        def latent(m: str) -> torch.Tensor:
+            if m not in z:
+                with torch.no_grad():
+                    z[m] = self.flow[m](proj[m][0])[0]
+            return z[m]
+
         seqs, replaced = {}, {}
         for m in MODALITIES:
             x, _, miss = proj[m]
             o1, o2 = (o for o in MODALITIES if o != m)
-            a1, a2 = (proj[o][1] & ~proj[o][2] for o in (o1, o2))
+            a1, a2 = avail[o1], avail[o2]
             need = miss & (a1 | a2)
             replaced[m] = need
             if not bool(need.any()):
                 seqs[m] = x
                 continue
             with torch.no_grad():
-                r1, r2 = self.flow[m].reverse(z[o1]), self.flow[m].reverse(z[o2])
+                r1, r2 = self.flow[m].reverse(latent(o1)), self.flow[m].reverse(latent(o2))
             both = self.merge[m](torch.cat([r1, r2], -1).transpose(1, 2)).transpose(1, 2)
             src = torch.where(
                 (a1 & a2)[..., None], both, torch.where(a1[..., None], r1, r2 * a2[..., None])

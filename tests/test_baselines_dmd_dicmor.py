@@ -155,7 +155,8 @@ def test_dicmor_flow_nll_prefers_the_right_class_prior():
             prior.lin.bias[:8] = float(k - 3)  # class means -3..3, unit sd
     batch = small_batch()
     proj = m._project(batch, frozen=True)
-    z = {mod: m.flow[mod](proj[mod][0])[0] for mod in proj}
+    with torch.no_grad():
+        z = {mod: m.flow[mod](proj[mod][0])[0] for mod in proj}
     centre = torch.stack([z[mod].mean() for mod in z]).mean()
     y_near = torch.full_like(batch.y_reg, float(torch.round(centre).clamp(-3, 3)))
     y_far = torch.where(y_near > 0, torch.full_like(y_near, -3.0), torch.full_like(y_near, 3.0))
