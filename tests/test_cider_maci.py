@@ -54,9 +54,9 @@ def test_maci_wraps_lf_dnn_regression_base():
     model = build_model("lf_dnn+maci", SPEC, "binary")
     assert isinstance(model, MACI) and model.output == "classification"
     assert model.base.output == "regression"
-    # LF-DNN's joint is its 32-d post-fusion vector: MCM = 3 MLPs + 3 x Linear(32 + 96, 3)
+    # LF-DNN's joint is its 128-d post-fusion vector: MCM = 3 MLPs + 3 x Linear(128 + 96, 3)
     mlps = (DIMS[0] + DIMS[1] + DIMS[2]) * 32 + 3 * 32 + 3 * (32 * 32 + 32) * 2
-    assert model.maci_parameters() == mlps + 3 * (128 * 3 + 3)
+    assert model.maci_parameters() == mlps + 3 * ((128 + 96) * 3 + 3)
     assert model.n_parameters() == model.base.n_parameters() + model.maci_parameters()
     model.prepare(split, cf_vocab=np.array([1001, 1002]))
     assert model.counterfactual
