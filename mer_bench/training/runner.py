@@ -57,6 +57,8 @@ class RunConfig:
     scale: float | None = None
     compat: str | None = None
     ablations: tuple[str, ...] = ()
+    text_encoder: str | None = None  # None: $MER_BENCH_TEXT_ENCODER, else fixed features
+    hp_from: str | None = None  # "tuned:PATH" (a `mer-bench tune` summary)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class Resolved:
     batch_size: int
     run_id: str
     config_hash: str
+    text_encoder: str | None = None
+    hparams_source: str = ""
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Under `batch_pe` positions depend on the batch row, so evaluate with the training
+        batch size (no row unseen in training); otherwise 256."""
+        return self.batch_size if "batch_pe" in self.compat else 256
 
     def train_key(self, point_label: str | None = None) -> str:
         c = self.cfg
@@ -93,6 +103,7 @@ class Resolved:
             "hparams": self.hparams,
             "one_to_one_point": point_label,
             "one_to_one_mode": self.scenario.mode.name if point_label is not None else None,
+            **({"text_encoder": self.text_encoder} if self.text_encoder else {}),
         }
         return f"{c.model.replace('+', '-')}__{c.dataset}__{provenance.config_hash(payload)}"
 
@@ -136,6 +147,19 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
     check_compatible(scenario, aligned=cfg.variant == "aligned")
 
     hp = dict(cfg.hparams)
+    if {"compat", "ablations"} & set(hp):
+        raise UserError("set compat and ablations with --compat / --ablate, not --hp")
+    tuned_source = None
+    if cfg.hp_from:
+        from mer_bench.training.hpsource import load_tuned
+
+        tuned, tuned_source = load_tuned(cfg.hp_from, cfg.model)
+        hp = {**tuned, **hp}  # explicit --hp wins over tuned values
+    from mer_bench.textpath import resolve_text_encoder
+    from mer_bench.training.hpsource import describe
+
+    source = describe(cls, dict(cfg.hparams), tuned_source)
+    text_encoder = resolve_text_encoder(cfg.text_encoder)
     compat: frozenset[str] = frozenset()
     if cfg.compat or cfg.ablations:
         if "compat" not in cls.defaults:
@@ -145,6 +169,12 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
 
             compat = expand_compat(cfg.compat)
             hp["compat"] = ",".join(sorted(compat))
+            if "split_class_means" in compat and cfg.protocol == "fair":
+                raise UserError(
+                    "compat split_class_means reads valid/test labels (the official MCM), which "
+                    "the fair protocol forbids; use --protocol paper (oracle) or list the other "
+                    "switches"
+                )
         if cfg.ablations:
             hp["ablations"] = tuple(cfg.ablations)
     unknown = {k for k in hp if "." not in k} - set(cls.defaults)
@@ -173,6 +203,7 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         "policy": policy,
         "hparams": hp,
         "scale": cfg.scale,
+        **({"text_encoder": text_encoder} if text_encoder else {}),
     }
     h = provenance.config_hash(payload)
     run_id = "__".join(
@@ -188,7 +219,8 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         ]
     )
     return Resolved(
-        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, run_id, h
+        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, run_id, h,
+        text_encoder, source,
     )
 
 
@@ -246,12 +278,14 @@ def _build_and_train(
 ):
     """Build the model, prepare it on training data, and train it or load its checkpoint
     (with `retrain`, only a checkpoint this process wrote)."""
-    from mer_bench.models import build_model
+    from mer_bench.textpath import build_with_text_encoder
 
     seed_torch(r.seed)
-    model = build_model(r.cfg.model, ds.spec, r.cfg.task, **r.hparams)
+    model = build_with_text_encoder(r.cfg.model, ds.spec, r.cfg.task, r.text_encoder, **r.hparams)
     model.prepare(ds["train"], cf_vocab=_cf_vocab(r, ds))
     model.to(device)
+    if "split_class_means" in r.compat:  # oracle compat: early stopping sees valid's means too
+        model.prepare_eval(ds["valid"])
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
     if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
@@ -266,6 +300,7 @@ def _build_and_train(
         batch_size=r.batch_size,
         seed=r.seed,
         device=device,
+        eval_batch_size=r.eval_batch_size,
     )
     from mer_bench.scenarios.base import rate_point
 
@@ -298,6 +333,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
 
     from mer_bench.data.registry import load_dataset
     from mer_bench.metrics import HEADLINE, auilc, debias, oracle_tau_metrics, select_tau
+    from mer_bench.textpath import text_path
 
     r = resolve(cfg, seed)
     store = Store(results)
@@ -344,13 +380,16 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         if "split_class_means" in r.compat:
             model.prepare_eval(test)
         test_out[p.label] = predict(
-            model, test, _eval_drops(r, p), device, counterfactual=cf,
-            keep_joint=p.label in keep_joint,
+            model, test, _eval_drops(r, p), device, batch_size=r.eval_batch_size,
+            counterfactual=cf, keep_joint=p.label in keep_joint,
         )
         if cf and cfg.protocol == "fair":
             if "split_class_means" in r.compat:
                 model.prepare_eval(valid)
-            valid_out[p.label] = predict(model, valid, _eval_drops(r, p), device, counterfactual=True)
+            valid_out[p.label] = predict(
+                model, valid, _eval_drops(r, p), device, batch_size=r.eval_batch_size,
+                counterfactual=True,
+            )
     t_eval = time.perf_counter() - t_start - t_data - t_train
 
     # --- scoring: tau on validation (fair) or per metric and point on test (paper, oracle)
@@ -431,7 +470,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         "scenario_definition": r.scenario.definition,
         "distribution": r.scenario.distribution,
         "protocol": cfg.protocol,
-        "oracle": cfg.protocol == "paper" and cf_model,
+        "oracle": cfg.protocol == "paper" and (cf_model or "split_class_means" in r.compat),
         "seed": seed,
         "grid": [p.label for p in points],
         "config": {**asdict(cfg), "resolved_hparams": r.hparams},
@@ -444,7 +483,10 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         "train_policy": r.policy,
         "compat": sorted(r.compat),
         "ablations": list(cfg.ablations),
-        "text_missing": "unk-id" if r.hparams.get("text_encoder") else "zero-feature",
+        "text_missing": "unk-id" if r.text_encoder else "zero-feature",
+        "text_path": text_path(r.text_encoder),
+        "hparams_source": r.hparams_source,
+        "eval_batch_size": r.eval_batch_size,
         "selection": "early stopping on the validation headline metric "
         + ("at the training rate" if one_to_one else "on complete validation data"),
         "headline": HEADLINE[task],

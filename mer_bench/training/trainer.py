@@ -148,7 +148,8 @@ def train(
             corrupted = _corrupt(clean, train_split, idx, train_drops, epoch)
             losses.append(model.train_step(clean, corrupted, optimizer))
         vals = [
-            score(model.output, settings.task, predict(model, valid_split, fn, device)["scores"],
+            score(model.output, settings.task,
+                  predict(model, valid_split, fn, device, settings.eval_batch_size)["scores"],
                   valid_split)[headline]
             for _, fn in valid_points
         ]
