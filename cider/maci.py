@@ -258,7 +258,12 @@ class MACI(BenchModel):
         return sum(p.numel() for p in self.mcm.parameters())
 
     def n_parameters(self, exclude_text_encoder: bool = True) -> int:
-        return self.base.n_parameters(exclude_text_encoder) + self.maci_parameters()
+        """Base + MCM; a harness text encoder (held here, outside the base) only on request."""
+        n = self.base.n_parameters(exclude_text_encoder) + self.maci_parameters()
+        enc = getattr(self, "text_encoder", None)
+        if not exclude_text_encoder and isinstance(enc, nn.Module):
+            n += sum(p.numel() for p in enc.parameters())
+        return n
 
     def prepare(self, train: Split, cf_vocab: np.ndarray | None = None) -> None:
         self.base.prepare(train, cf_vocab=cf_vocab)

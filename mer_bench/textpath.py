@@ -153,12 +153,18 @@ def attach_text_encoder(model: nn.Module, encoder: InLoopEncoder) -> nn.Module:
 
     def train_step(clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         before = calls[0]
-        out = step(clean, corrupted, optimizer)
+        refusal = UserError(
+            f"{type(base).__name__} computes its training passes outside model(batch); "
+            "--text-encoder cannot put the encoder in its loop"
+        )
+        try:
+            out = step(clean, corrupted, optimizer)
+        except RuntimeError as e:  # e.g. raw fixed-width text reaching encoder-width layers
+            if calls[0] == before:
+                raise refusal from e
+            raise
         if calls[0] == before:
-            raise UserError(
-                f"{type(base).__name__} computes its training passes outside model(batch); "
-                "--text-encoder cannot put the encoder in its loop"
-            )
+            raise refusal
         return out
 
     model.configure_optimizer = configure_optimizer

@@ -2,7 +2,8 @@
 
 Why: the report is a pure function of the store, so tables can be rebuilt anywhere without
 retraining; `fair` and `paper` (oracle tau) results live in separate sections and files and are
-never ranked together.
+never ranked together, and neither are the two text paths (fixed text features vs a text
+encoder in the loop, `text_path`): each gets its own tables.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def write_report(results: str | Path = "results", out: str | Path | None = None)
     records = {rec["run_id"]: rec for rec in store.records()}
     paths = {r: records.get(r, {}).get("output", "?") for r in df["run_id"].unique()}
     df["path"] = df["run_id"].map(paths)
+    df["text_path"] = df["run_id"].map(
+        lambda r: records.get(r, {}).get("text_path", "fixed-features")
+    )
     df = _label_configs(df, records)
     au = auilc_rows(df)
     atomic_write_text(out_dir / "per_rate.csv", df.to_csv(index=False))
@@ -137,12 +141,16 @@ def write_report(results: str | Path = "results", out: str | Path | None = None)
             continue
         lines += [f"## {PROTOCOL_TITLE[protocol]}", ""]
         pau = au[au["protocol"] == protocol]
-        for (dataset, variant, task), g in pdf.groupby(["dataset", "variant", "task"], sort=True):
+        pau = pau.assign(text_path=pau["run_id"].map(
+            lambda r: records.get(r, {}).get("text_path", "fixed-features")))
+        groups = pdf.groupby(["dataset", "variant", "task", "text_path"], sort=True)
+        for (dataset, variant, task, tpath), g in groups:
             metrics = [m for m in TABLE_METRICS[task] if m in set(g["metric"])]
-            stem = f"{protocol}_{dataset}_{variant}_{task}"
-            lines += [f"### {dataset} ({variant}), task `{task}`; seeds {_seeds(g)}", ""]
+            stem = f"{protocol}_{dataset}_{variant}_{task}" + _text_stem(tpath)
+            lines += [f"### {dataset} ({variant}), task `{task}`, text `{tpath}`; seeds {_seeds(g)}", ""]
             ga = pau[(pau["dataset"] == dataset) & (pau["variant"] == variant)
-                     & (pau["task"] == task) & pau["metric"].isin(metrics)]
+                     & (pau["task"] == task) & (pau["text_path"] == tpath)
+                     & pau["metric"].isin(metrics)]
             if not ga.empty:
                 table, means = _pivot(ga, "scenario")
                 table = table.reindex(columns=sorted(table.columns))
@@ -172,18 +180,27 @@ def write_report(results: str | Path = "results", out: str | Path | None = None)
                     atomic_write_text(p, _flat(table).to_csv())
                     written.append(p)
     lines += ["## Runs", "", "| run id | model | scenario | protocol | seed | tau | train policy "
-              "| epochs run |", "|---|---|---|---|---|---|---|---|"]
+              "| epochs run | text path | hyper-parameters |", "|---|---|---|---|---|---|---|---|---|---|"]
     for rid, rec in sorted(records.items()):
         tau = rec.get("tau", {})
         tau_s = "oracle" if isinstance(tau.get("tau"), dict) else str(tau.get("tau", "-"))
         lines.append(
             f"| `{rid}` | {rec['model']} | {rec['scenario']} | {rec.get('protocol', '-')} | "
             f"{rec['seed']} | {tau_s} | "
-            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} |"
+            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} | "
+            f"{rec.get('text_path', 'fixed-features')} | {rec.get('hparams_source', '-')} |"
         )
     md = out_dir / "leaderboard.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return f"wrote {md}, {out_dir / 'per_rate.csv'}, {out_dir / 'auilc.csv'} and {len(written)} tables in {tables_dir}"
+
+
+def _text_stem(text_path: str) -> str:
+    """File-name suffix of a text path: none for fixed features (older names stay valid)."""
+    if text_path == "fixed-features":
+        return ""
+    name = Path(text_path).name or "encoder"
+    return "_text-" + "".join(c if c.isalnum() or c in "-." else "-" for c in name)
 
 
 def _label_configs(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
@@ -191,7 +208,7 @@ def _label_configs(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
     (epochs, hyper-parameters, policies ...) in the same table, rows are labelled model@hash."""
     df = df.copy()
     df["config_hash"] = df["run_id"].map(lambda r: records.get(r, {}).get("config_hash", ""))
-    keys = ["dataset", "variant", "task", "protocol", "scenario", "model"]
+    keys = ["dataset", "variant", "task", "protocol", "text_path", "scenario", "model"]
     n = df.groupby(keys)["config_hash"].transform("nunique")
     df.loc[n > 1, "model"] = df.loc[n > 1, "model"] + "@" + df.loc[n > 1, "config_hash"]
     return df
