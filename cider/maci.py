@@ -13,10 +13,14 @@ mean over the class's training samples. The official `.npy` files appear to aver
 padded length instead; averaging over valid positions keeps the feature independent of how
 much padding a dataset uses. Priors are training class frequencies.
 
-Which features are used when (decisions.md): training uses the training class means and
-priors; valid/test use the training class means with uniform priors (no valid/test label is
-read). Only under the compat switch `split_class_means` does `prepare_eval` replace every
-class's feature by the mean of the scored split's class means, as the official code does.
+Which features are used when: training uses the training class means and priors; valid/test
+use uniform priors and, by default (`eval_confounder="train-mean"`), give *every* class the
+same confounder, the mean of the training class means: the official code gives every class
+one vector (the mean of the class means), which is what the paper's footnote on equal class
+counts describes, and taking it from the training split reads no valid/test label.
+`"train-class"` keeps each class's own training mean. Only under the compat switch
+`split_class_means` (oracle: refused under the fair protocol) does `prepare_eval` use the mean
+of the *scored split's* class means, as the official code does.
 
 The `maci` wrapper (`dlf+maci`, `lf_dnn+maci`) puts an MCM on top of any model that returns a
 joint representation, and adds counterfactual-text scoring; a regression base's own score is
@@ -89,6 +93,12 @@ def mean_of_class_means(split: Split, task: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the module
+EVAL_CONFOUNDERS = {
+    "train-mean": "every class gets the mean of the training class means (default; label-free)",
+    "train-class": "each class keeps its own training class mean",
+}
+
+
 def _mlp(d_in: int, hidden: int, layernorm: bool) -> nn.Sequential:
     """Linear -> ReLU -> Linear -> ReLU -> Linear; `layernorm` adds the official cross-dataset
     parameter-free LayerNorms after the first two Linear layers."""
@@ -105,9 +115,14 @@ class MCM(nn.Module):
 
     def __init__(
         self, joint_dim: int, feat_dims: tuple[int, int, int], n_classes: int, hidden: int = 32,
-        layernorm_av: bool = False,
+        layernorm_av: bool = False, eval_confounder: str = "train-mean",
     ) -> None:
         super().__init__()
+        if eval_confounder not in EVAL_CONFOUNDERS:
+            raise UserError(
+                f"unknown mcm_eval {eval_confounder!r}; choose from: {', '.join(EVAL_CONFOUNDERS)}"
+            )
+        self.eval_confounder = eval_confounder
         self.feat_dims = tuple(int(d) for d in feat_dims)
         self.joint_dim, self.n_classes = joint_dim, n_classes
         self.enc_text = _mlp(self.feat_dims[0], hidden, False)
@@ -128,11 +143,19 @@ class MCM(nn.Module):
 
     def set_eval(self, feat: np.ndarray | None) -> None:
         """Give every class the same confounder `feat` at valid/test (compat
-        `split_class_means`); None restores the default (training class means)."""
+        `split_class_means`); None restores the default (`eval_confounder`)."""
         self.eval_override = feat is not None
         if feat is not None:
             f = torch.as_tensor(np.asarray(feat), dtype=torch.float32).reshape(1, -1)
             self.eval_feats.copy_(f.expand_as(self.eval_feats))
+
+    def eval_default(self) -> torch.Tensor:
+        """(C, D) valid/test confounders from training statistics only (`eval_confounder`)."""
+        if self.eval_confounder == "train-class":
+            return self.train_feats
+        present = self.train_priors > 0
+        rows = self.train_feats[present] if bool(present.any()) else self.train_feats
+        return rows.mean(0, keepdim=True).expand_as(self.train_feats)
 
     def encode_confounders(self, feats: torch.Tensor) -> torch.Tensor:
         dt, da, _ = self.feat_dims
@@ -149,7 +172,7 @@ class MCM(nn.Module):
         if self.training:
             feats, priors = self.train_feats, self.train_priors
         else:
-            feats = self.eval_feats if self.eval_override else self.train_feats
+            feats = self.eval_feats if self.eval_override else self.eval_default()
             priors = torch.full_like(self.train_priors, 1.0 / self.n_classes)
         conf = self.encode_confounders(feats)  # (C_i, 3h)
         w = torch.stack([c.weight for c in self.classifiers])  # (C_i, C, J + 3h)
@@ -212,6 +235,7 @@ class MACI(BenchModel):
         "joint_dim": None,
         "base_loss": 0.0,  # weight of the base's own task loss (its head is not scored)
         "base_aux": 1.0,  # weight of the base's auxiliary objective terms
+        "mcm_eval": "train-mean",  # valid/test confounder (see EVAL_CONFOUNDERS)
     }
 
     def __init__(self, base: BenchModel, **hp: Any) -> None:
@@ -219,7 +243,10 @@ class MACI(BenchModel):
         self.base = base
         h = self.hparams
         joint = int(h["joint_dim"] or _joint_dim(base))
-        self.mcm = MCM(joint, base.spec.dims, self.n_classes, hidden=int(h["hidden"]))
+        self.mcm = MCM(
+            joint, base.spec.dims, self.n_classes, hidden=int(h["hidden"]),
+            eval_confounder=str(h["mcm_eval"]),
+        )
         self.register_buffer("cf_vocab", None, persistent=False)
         self.lr = base.lr
 
@@ -231,7 +258,12 @@ class MACI(BenchModel):
         return sum(p.numel() for p in self.mcm.parameters())
 
     def n_parameters(self, exclude_text_encoder: bool = True) -> int:
-        return self.base.n_parameters(exclude_text_encoder) + self.maci_parameters()
+        """Base + MCM; a harness text encoder (held here, outside the base) only on request."""
+        n = self.base.n_parameters(exclude_text_encoder) + self.maci_parameters()
+        enc = getattr(self, "text_encoder", None)
+        if not exclude_text_encoder and isinstance(enc, nn.Module):
+            n += sum(p.numel() for p in enc.parameters())
+        return n
 
     def prepare(self, train: Split, cf_vocab: np.ndarray | None = None) -> None:
         self.base.prepare(train, cf_vocab=cf_vocab)

@@ -2,13 +2,15 @@
 distillation) and model-agnostic causal inference (MACI: MCM, counterfactual text).
 
 Forward pass (official `CIDERModel.forward_once`, decisions.md for the fixes):
-text features (fixed token features or a BERT-family encoder in the loop) and audio/vision ->
+text features (fixed token features, or the harness's encoder in the loop: `--text-encoder`,
+`mer_bench/textpath.py`) and audio/vision ->
 bias-free linear projection to d (= Conv1d k=1) -> WSAM compresses audio/vision to T_l
 (unaligned data) -> one GRU per modality -> MCT over [h_l | h_a | h_v] -> tanh attention pooling
 per modality -> residual MLP = joint representation (3d) -> MCM -> log-probabilities.
 
 Training (`train_step`, paper Sec. III-D): a teacher step on the complete batch (NLL), then a
 student step on the corrupted batch: NLL + w_recon * recon + w_attn * attn + w_joint * joint.
+Every pass goes through `self(batch, ...)`, so a harness text encoder re-encodes each view.
 Like the official code, the MCT, GRUs and pooling use no padding mask (only WSAM masks), and
 the residuals are the standard pre-LN ones (x + f(LN(x))).
 
@@ -41,9 +43,10 @@ ABLATIONS: dict[str, str] = {
     "no_recon": "w/o L_recon: no feature-reconstruction loss (and no reconstruction heads)",
     "no_attn": "w/o L_attn: no attention-map distillation",
     "no_joint": "w/o L_joint: no joint-representation distillation",
-    "no_mssd": "w/o MSSD (all): no distillation losses and no teacher pass; plain training on corrupted inputs",
+    "no_mssd": "w/o MSSD (Table V): no_recon + no_attn + no_joint; the teacher step is kept",
+    "no_teacher": "plain corrupted training: no teacher step and no distillation (implies no_mssd)",
     "no_mcm": "w/o MCM: a plain Linear(3d, C) + log-softmax head instead of the MCM",
-    "no_cf": "w/o fine-grained counterfactual text: no counterfactual scoring",
+    "no_cf": "w/o fine-grained counterfactual text: scores are log p alone (tau = 0), no cf pass",
     "no_maci": "w/o MACI (all): no_mcm + no_cf",
     "no_wsam": "w/o WSAM: audio/vision keep their own lengths into the GRUs and the MCT",
     "no_mct": "w/o MCT: a vanilla transformer encoder (same width and depth) instead of MCA",
@@ -61,6 +64,8 @@ def expand_ablations(value: str | tuple | list | None) -> frozenset[str]:
         raise UserError(
             f"unknown ablation(s) {', '.join(sorted(unknown))}; choose from: {', '.join(ABLATIONS)}"
         )
+    if "no_teacher" in names:
+        names.add("no_mssd")
     if "no_mssd" in names:
         names |= {"no_recon", "no_attn", "no_joint"}
     if "no_maci" in names:
@@ -91,31 +96,6 @@ class SequenceRecon(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.feat(F.relu(self.time(h.transpose(1, 2))).transpose(1, 2))
-
-
-class TextEncoder(nn.Module):
-    """A BERT-family encoder in the loop (`mer_bench.data.encoders`): (ids, attention mask)
-    -> last hidden states (B, L, dim)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        from mer_bench.data.encoders import load_encoder  # lazy: pulls in transformers
-
-        loaded = load_encoder(name)
-        model = loaded.module()
-        if model is None:
-            raise UserError(
-                f"text encoder {name!r} has no trainable module; use 'minilm' or a local "
-                "BERT-family directory"
-            )
-        self.model = model
-        self.dim = int(loaded.dim)
-
-    def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        out = self.model(ids, attn)
-        if hasattr(out, "last_hidden_state"):
-            return out.last_hidden_state
-        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @dataclass
@@ -161,11 +141,12 @@ class CIDer(BenchModel):
         "w_recon": 0.6,
         "compat": "",
         "ablations": (),
-        "text_encoder": None,
-        "finetune_text": True,
-        "text_lr": 5e-5,
         "mcm_layernorm": False,
+        "mcm_eval": "train-mean",
     }
+    text_lr = 5e-5  # official BERT fine-tuning: lr 5e-5, weight decay 1e-3 off bias/LayerNorm
+    text_weight_decay = 1e-3
+    hparams_source = "official release, chosen on test by its authors"
 
     def __init__(self, spec: DataSpec, task: str, **hp: Any) -> None:
         super().__init__(spec, task, **hp)
@@ -177,17 +158,7 @@ class CIDer(BenchModel):
             raise UserError(f"cider needs layers >= 1 and heads dividing hidden={d}")
         dt, da, dv = spec.dims
         lt, la, lv = spec.lens
-
-        self.text_encoder: TextEncoder | None = None
-        d_text = dt
-        if h["text_encoder"]:
-            if not spec.has_text_ids:
-                raise UserError("text_encoder needs token ids (text_bert) in the data")
-            self.text_encoder = TextEncoder(str(h["text_encoder"]))
-            d_text = self.text_encoder.dim
-            if not h["finetune_text"]:
-                self.text_encoder.requires_grad_(False)
-                self.text_encoder.eval()
+        d_text = dt  # the encoder's width when the harness runs one in the loop
 
         # Conv1d(kernel=1, bias=False) == a bias-free Linear per time step (same init law)
         self.proj_l = nn.Linear(d_text, d, bias=False)
@@ -213,7 +184,7 @@ class CIDer(BenchModel):
         self.proj2 = nn.Linear(3 * d, 3 * d)
         self.joint_dim = 3 * d
 
-        self.use_teacher = "no_mssd" not in self.ablations
+        self.use_teacher = "no_teacher" not in self.ablations
         self.use_recon = "no_recon" not in self.ablations
         if self.use_recon:
             self.recon_text = nn.Linear(d, d_text)
@@ -224,7 +195,10 @@ class CIDer(BenchModel):
             self.mcm = None
             self.head = nn.Linear(3 * d, self.n_classes)
         else:
-            self.mcm = MCM(3 * d, spec.dims, self.n_classes, hidden=d, layernorm_av=bool(h["mcm_layernorm"]))
+            self.mcm = MCM(
+                3 * d, spec.dims, self.n_classes, hidden=d, layernorm_av=bool(h["mcm_layernorm"]),
+                eval_confounder=str(h["mcm_eval"]),
+            )
         self.register_buffer("cf_vocab", None, persistent=False)
 
     # ------------------------------------------------------------------ switches
@@ -233,12 +207,6 @@ class CIDer(BenchModel):
         """Counterfactual scoring is on unless ablated, once prepare() gave the bias words
         (data without token ids has none)."""
         return "no_cf" not in self.ablations and self.cf_vocab is not None
-
-    def train(self, mode: bool = True) -> CIDer:
-        super().train(mode)
-        if self.text_encoder is not None and not self.hparams["finetune_text"]:
-            self.text_encoder.eval()  # a frozen encoder never uses dropout
-        return self
 
     # ------------------------------------------------------------------ hooks
     def prepare(self, train: Split, cf_vocab: np.ndarray | None = None) -> None:
@@ -252,47 +220,21 @@ class CIDer(BenchModel):
         )
 
     def prepare_eval(self, split: Split) -> None:
-        """Compat `split_class_means` only: every class's confounder at valid/test becomes
-        the mean of this split's class means (reads the split's labels, as the official code)."""
+        """Compat `split_class_means` only (refused under the fair protocol): every class's
+        confounder at valid/test becomes the mean of this split's class means (reads the
+        split's labels, as the official code)."""
         if self.mcm is not None and "split_class_means" in self.compat:
             self.mcm.set_eval(mean_of_class_means(split, self.task))
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        """Adam: lr 1e-3 for the model; a fine-tuned encoder gets text_lr with L2 weight decay
-        1e-3 except on biases and LayerNorm weights (the official groups)."""
-        enc = self.text_encoder
-        enc_ids = {id(p) for p in enc.parameters()} if enc is not None else set()
-        main = [p for p in self.parameters() if id(p) not in enc_ids and p.requires_grad]
-        groups: list[dict[str, Any]] = [{"params": main, "lr": self.lr, "weight_decay": 0.0}]
-        if enc is not None and self.hparams["finetune_text"]:
-            lr = float(self.hparams["text_lr"])
-            no_decay = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-            named = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
-            groups.append(
-                {"params": [p for n, p in named if not any(x in n for x in no_decay)], "lr": lr,
-                 "weight_decay": 1e-3}
-            )
-            groups.append(
-                {"params": [p for n, p in named if any(x in n for x in no_decay)], "lr": lr,
-                 "weight_decay": 0.0}
-            )
-        return torch.optim.Adam([g for g in groups if g["params"]])
-
     # ------------------------------------------------------------------ forward
-    def _text(self, batch: Batch) -> torch.Tensor:
-        if self.text_encoder is None:
-            return batch.text
-        if batch.text_ids is None or batch.text_attn is None:
-            raise UserError("cider with a text encoder needs token ids in the batch")
-        if self.hparams["finetune_text"]:
-            return self.text_encoder(batch.text_ids, batch.text_attn)
-        with torch.no_grad():
-            return self.text_encoder(batch.text_ids, batch.text_attn)
-
     def run(self, batch: Batch, need_attn: bool = False, need_recon: bool = False) -> Pass:
-        """One pass; `need_attn` keeps the last MCT layer's scores, `need_recon` the
+        """One pass through `self(...)` (so forward hooks, e.g. a harness text encoder, see
+        every view); `need_attn` keeps the last MCT layer's scores, `need_recon` the
         reconstructions (student pass)."""
-        text = self._text(batch)
+        return self(batch, need_attn=need_attn, need_recon=need_recon).extras["pass"]
+
+    def _pass(self, batch: Batch, need_attn: bool, need_recon: bool) -> Pass:
+        text = batch.text
         x_l, x_a, x_v = self.proj_l(text), self.proj_a(batch.audio), self.proj_v(batch.vision)
         if self.use_wsam:
             rows = wsam_query_mask(batch.valid_text, batch.text_len, batch.text_ids is not None)
@@ -311,9 +253,9 @@ class CIDer(BenchModel):
             recon = (self.recon_text(h_l), self.recon_audio(h_a), self.recon_vision(h_v))
         return Pass(scores, joint, text, attn, recon)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        p = self.run(batch)
-        return ModelOutput(scores=p.scores, joint=p.joint)
+    def forward(self, batch: Batch, need_attn: bool = False, need_recon: bool = False) -> ModelOutput:
+        p = self._pass(batch, need_attn, need_recon)
+        return ModelOutput(scores=p.scores, joint=p.joint, extras={"pass": p})
 
     def counterfactual_scores(self, batch: Batch) -> torch.Tensor:
         """Log-probabilities of the counterfactual-text view (audio/vision unchanged)."""
@@ -333,7 +275,7 @@ class CIDer(BenchModel):
         Returns the terms of both objectives (weighted), so their sum is the total loss."""
         y = clean.target(self.task)
         optimizer.zero_grad(set_to_none=True)
-        if not self.use_teacher:  # w/o MSSD: plain training on corrupted inputs
+        if not self.use_teacher:  # `no_teacher`: plain training on corrupted inputs
             loss = F.nll_loss(self.run(corrupted).scores, y)
             loss.backward()
             optimizer.step()
@@ -382,13 +324,12 @@ def recon_loss(student: Pass, text_target: torch.Tensor, clean: Batch, corrupted
 
 def attn_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """KL(softmax(teacher) || softmax(student)) over the last layer's full (LAV) score rows,
-    `batchmean` over batch x heads as the official (B*H, N, N) layout. Written as
-    sum(p_t * (log p_t - log p_s)) with the teacher terms computed without autograd: the
-    same value and gradient as `F.kl_div(..., reduction="batchmean")` in fewer passes."""
+    `batchmean` over batch x heads as the official (B*H, N, N) layout. The elementwise terms
+    p_t * (log p_t - log p_s) are summed (as `F.kl_div`), never the difference of two large
+    dot products, which cancels catastrophically when student and teacher are close."""
     rows = student.shape[0] * student.shape[1]
     with torch.no_grad():
         t_log = F.log_softmax(teacher, dim=-1)
         t_p = t_log.exp()
-        t_ent = torch.dot(t_p.flatten(), t_log.flatten())
     s_log = F.log_softmax(student, dim=-1)
-    return (t_ent - torch.dot(t_p.flatten(), s_log.flatten())) / rows
+    return (t_p * (t_log - s_log)).sum() / rows

@@ -224,6 +224,8 @@ def _run_config(a: argparse.Namespace, model: str, scenario: str):
         scale=a.scale,
         compat=a.compat,
         ablations=tuple(sorted(_names(a.ablate))) if a.ablate else (),
+        text_encoder=a.text_encoder,
+        hp_from=a.hp_from,
     )
 
 
@@ -378,6 +380,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hp", action="append", help="model hyper-parameter NAME=VALUE (repeatable)")
     p.add_argument("--compat", default=None, help="official behaviours, e.g. official or a,b")
     p.add_argument("--ablate", default=None, help="ablation switches, comma-separated")
+    p.add_argument(
+        "--text-encoder", default=None,
+        help="minilm or a local BERT-family directory in the loop, fed the corrupted ids "
+        "(default $MER_BENCH_TEXT_ENCODER, else fixed text features; 'none' forces them)",
+    )
+    p.add_argument("--hp-from", default=None, help="tuned:PATH, a `mer-bench tune` *_best.json")
     p.add_argument("--results", default="results", help="results store directory")
     p.add_argument(
         "--force", action="store_true",

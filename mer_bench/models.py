@@ -60,6 +60,11 @@ class BenchModel(nn.Module):
     selection: ClassVar[str] = "loss"
     # official behaviours reachable with `--compat` (name -> what it restores)
     compat_switches: ClassVar[dict[str, str]] = {}
+    # where `defaults` come from (recorded as `hparams_source`; CIDer's were chosen on test)
+    hparams_source: ClassVar[str] = "model defaults (the model module's documented configuration)"
+    # the official BERT fine-tuning rate, used when the harness puts an encoder in the loop
+    text_lr: ClassVar[float] = 5e-5
+    text_weight_decay: ClassVar[float] = 1e-3
 
     def __init__(self, spec: DataSpec, task: str, **hparams: Any) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from helpers import random_split
 from cider.compat import COMPAT_SWITCHES, expand_compat
 from cider.maci import class_features
 from cider.mct import BRANCHES, MCA
-from cider.model import ABLATIONS, CIDer
+from cider.model import ABLATIONS, CIDer, attn_kl, expand_ablations
 from cider.wsam import WSAM, wsam_query_mask
 from mer_bench.data.batch import make_batch
 from mer_bench.data.schema import DataSpec, Split
@@ -169,9 +169,10 @@ def test_batch_order_dependence_only_under_official_compat():
 
 
 def test_ablation_names_match_table_v():
-    assert set(ABLATIONS) == {
-        "no_recon", "no_attn", "no_joint", "no_mssd", "no_mcm", "no_cf", "no_maci", "no_wsam", "no_mct",
-    }
+    table_v = {"no_recon", "no_attn", "no_joint", "no_mssd", "no_mcm", "no_cf", "no_maci", "no_wsam", "no_mct"}
+    assert set(ABLATIONS) == table_v | {"no_teacher"}
+    assert expand_ablations("no_mssd") == {"no_mssd", "no_recon", "no_attn", "no_joint"}
+    assert expand_ablations("no_teacher") == {"no_teacher", "no_mssd", "no_recon", "no_attn", "no_joint"}
 
 
 def _one_step(model, split, seed=0):
@@ -192,18 +193,32 @@ def test_loss_ablations_remove_their_terms():
     assert make(w_recon=0.0)._weights().keys() == {"attn", "joint"}
 
 
-def test_no_mssd_has_no_teacher_pass(monkeypatch):
+def _count_passes(monkeypatch, model):
+    calls = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda b, **kw: calls.append(b) or real(b, **kw))
+    return calls
+
+
+def test_no_mssd_is_table_v_and_keeps_the_teacher_step(monkeypatch):
+    """Table V's w/o MSSD drops the three distillation losses only; the teacher step stays."""
     split = random_split()
     model = make(split=split, ablations=("no_mssd",))
-    calls = []
-    real = model.run
-    monkeypatch.setattr(model, "run", lambda b, **kw: calls.append(b) or real(b, **kw))
+    calls = _count_passes(monkeypatch, model)
+    losses = _one_step(model, split)
+    assert set(losses) == {"teacher_nll", "nll"} and len(calls) == 2
+    assert not calls[0].missing_text.any() and calls[1].missing_text.any()
+
+
+def test_no_teacher_is_plain_corrupted_training(monkeypatch):
+    split = random_split()
+    model = make(split=split, ablations=("no_teacher",))
+    calls = _count_passes(monkeypatch, model)
     losses = _one_step(model, split)
     assert set(losses) == {"nll"} and len(calls) == 1
     assert calls[0].missing_text.any()  # it trained on the corrupted view
     full = make(split=split)
-    calls.clear()
-    monkeypatch.setattr(full, "run", lambda b, **kw: calls.append(b) or CIDer.run(full, b, **kw))
+    calls = _count_passes(monkeypatch, full)
     _one_step(full, split)
     assert len(calls) == 2 and not calls[0].missing_text.any()
 
@@ -332,32 +347,46 @@ def test_batch_pe_indexes_by_batch_position():
     assert torch.allclose(by_batch[2], sinusoidal_table(3, 8)[2].expand(5, 8))
 
 
-def test_text_encoder_in_the_loop(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("mer_bench.data.encoders")
-    cfg = transformers.BertConfig(
-        vocab_size=1100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(cfg).save_pretrained(tmp_path)
-    split = random_split()
-    model = make(split=split, text_encoder=str(tmp_path))
-    assert model.text_encoder is not None and model.recon_text.out_features == 16
-    enc = sum(p.numel() for p in model.text_encoder.parameters())
-    assert model.n_parameters() == model.n_parameters(exclude_text_encoder=False) - enc
-    opt = model.configure_optimizer()
-    assert [g["lr"] for g in opt.param_groups] == [1e-3, 5e-5, 5e-5]
-    before = model.text_encoder.model.bert.embeddings.word_embeddings.weight.clone()
-    batch = make_batch(split, np.arange(len(split)))
-    model.train()
-    losses = model.train_step(batch, corrupt(batch), opt)
-    assert np.isfinite(list(losses.values())).all()
-    assert not torch.equal(before, model.text_encoder.model.bert.embeddings.word_embeddings.weight)
-    frozen = make(split=split, text_encoder=str(tmp_path), finetune_text=False)
-    assert len(frozen.configure_optimizer().param_groups) == 1
-    frozen.train()
-    assert not frozen.text_encoder.training
+def test_default_confounder_is_the_mean_of_training_class_means():
+    """Valid/test: every class gets one confounder, the mean of the *training* class means
+    (label-free, the official single vector); `train-class` keeps the per-class means."""
+    split = random_split(30)
+    feats, _, _ = class_features(split, "binary")
+    model = make(split=split)
+    expected = torch.as_tensor(feats).mean(0, keepdim=True).expand(3, -1)
+    torch.testing.assert_close(model.mcm.eval_default(), expected)
+    per_class = make(split=split, mcm_eval="train-class")
+    torch.testing.assert_close(per_class.mcm.eval_default(), torch.as_tensor(feats))
+    batch = make_batch(split, np.arange(8))
+    for m in (model, per_class):
+        m.eval()
+    with torch.no_grad():
+        # same weights, different confounders -> different valid/test scores
+        assert not torch.allclose(model(batch).scores, per_class(batch).scores)
+        # and the default really uses one vector for all classes
+        conf = model.mcm.encode_confounders(model.mcm.eval_default())
+        torch.testing.assert_close(conf[0], conf[2])
+    with pytest.raises(UserError, match="mcm_eval"):
+        make(mcm_eval="test-mean")
+
+
+def test_attn_kl_sums_elementwise_terms_in_float32():
+    """Close student and teacher over many long rows: the old difference of two large dot
+    products lost the value to cancellation; summing the KL terms keeps it."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, 150, 150, generator=g) * 4
+    student = (teacher + 1e-3 * torch.randn(teacher.shape, generator=g)).requires_grad_()
+    ref = torch.nn.functional.kl_div(
+        torch.log_softmax(student.double(), -1).reshape(-1, 150),
+        torch.log_softmax(teacher.double(), -1).reshape(-1, 150), log_target=True, reduction="sum",
+    ) / (16 * 8)
+    value = attn_kl(student, teacher)
+    assert abs(float(value.detach()) - float(ref)) < 1e-2 * float(ref)
+    value.backward()
+    ref_grad = torch.autograd.grad(
+        torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.softmax(teacher, -1),
+                                   reduction="sum") / (16 * 8), student)[0]
+    torch.testing.assert_close(student.grad, ref_grad, atol=1e-7, rtol=1e-4)
 
 
 def test_aligned_and_id_free_data():

@@ -105,14 +105,20 @@ def test_mcm_uses_train_priors_in_training_and_uniform_in_eval():
     mcm.eval()
     evaluated = mcm(joint)
     assert torch.isfinite(trained).all() and not torch.allclose(trained, evaluated)
-    # the mixture by hand
-    conf = mcm.encode_confounders(mcm.train_feats)
-    probs = torch.stack(
-        [torch.softmax(c(torch.cat([joint, conf[i].expand(5, -1)], -1)), -1) for i, c in enumerate(mcm.classifiers)],
-        dim=1,
-    )
-    torch.testing.assert_close(evaluated, probs.mean(1).log())
-    torch.testing.assert_close(trained, (probs * torch.tensor([0.7, 0.0, 0.3]).view(1, 3, 1)).sum(1).log())
+    # the mixture by hand: training uses each class's own mean and the priors; eval gives
+    # every class the mean of the present (prior > 0) training class means, uniform priors
+
+    def mixture(feats, weights):
+        conf = mcm.encode_confounders(feats)
+        probs = torch.stack(
+            [torch.softmax(c(torch.cat([joint, conf[i].expand(5, -1)], -1)), -1)
+             for i, c in enumerate(mcm.classifiers)], dim=1,
+        )
+        return (probs * weights.view(1, 3, 1)).sum(1).log()
+
+    one = mcm.train_feats[[0, 2]].mean(0, keepdim=True).expand(3, -1)
+    torch.testing.assert_close(evaluated, mixture(one, torch.full((3,), 1 / 3)))
+    torch.testing.assert_close(trained, mixture(mcm.train_feats, torch.tensor([0.7, 0.0, 0.3])))
 
 
 def test_search_space_is_table_ii():

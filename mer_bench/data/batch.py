@@ -22,6 +22,10 @@ class Batch:
     Text comes as features `text` (B, L_t, D_t) and, when the data has them, as token ids
     `text_ids` (B, L_t) with `text_attn` (B, L_t) the attention mask ([CLS]/[SEP] included).
     A corrupted batch has dropped text features zeroed and dropped ids set to [UNK].
+
+    `text_layers` is None unless a text encoder runs in the loop (`--text-encoder`,
+    `mer_bench.textpath`): then it holds every hidden state of the encoder for this batch's
+    (corrupted) ids, each (B, L_t, D_t), embeddings first, and `text` is the last of them.
     """
 
     text: torch.Tensor
@@ -42,6 +46,7 @@ class Batch:
     index: torch.Tensor  # (B,) long row index in the split
     text_ids: torch.Tensor | None = None
     text_attn: torch.Tensor | None = None
+    text_layers: tuple[torch.Tensor, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.y_reg.shape[0])
@@ -51,14 +56,14 @@ class Batch:
         return self.y3 if task == "binary" else self.y7
 
     def to(self, device: torch.device | str) -> Batch:
-        return replace(
-            self,
-            **{
-                f.name: getattr(self, f.name).to(device)
-                for f in fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            },
-        )
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        if self.text_layers is not None:
+            moved["text_layers"] = tuple(h.to(device) for h in self.text_layers)
+        return replace(self, **moved)
 
     def with_(self, **changes: torch.Tensor | None) -> Batch:
         """A copy with some fields replaced (tensors are shared, not copied)."""

@@ -34,6 +34,13 @@ from mer_bench.scoring import (
 CellKey = tuple[str, str, str, str, str, str]  # protocol, dataset, variant, task, scenario, label
 
 
+def board_dataset(rec: dict) -> str:
+    """The dataset as the board groups it: runs with a text encoder in the loop get their own
+    sections (`synth-mosi [text minilm]`), never ranked beside fixed-feature runs."""
+    path = rec.get("text_path", "fixed-features")
+    return rec["dataset"] if path == "fixed-features" else f"{rec['dataset']} [text {path}]"
+
+
 @dataclass
 class RunEvidence:
     """One stored run, re-scored, with lazily computed bootstrap replicates per metric."""
@@ -172,14 +179,16 @@ class Evidence:
     @staticmethod
     def _slot(run: RunEvidence) -> tuple:
         r = run.rec
-        return (r["dataset"], r["variant"], r["task"], r["protocol"], r["scenario"], r["model"])
+        return (board_dataset(r), r["variant"], r["task"], r["protocol"], r["scenario"],
+                r["model"])
 
     @cached_property
     def cells(self) -> dict[CellKey, list[RunEvidence]]:
         out: dict[CellKey, list[RunEvidence]] = {}
         for run in sorted(self.runs, key=lambda x: x.rec["seed"]):
             r = run.rec
-            key = (r["protocol"], r["dataset"], r["variant"], r["task"], r["scenario"], run.label)
+            key = (r["protocol"], board_dataset(r), r["variant"], r["task"], r["scenario"],
+                   run.label)
             out.setdefault(key, []).append(run)
         return out
 
@@ -191,7 +200,7 @@ class Evidence:
             for g in run.grid:
                 for metric, value in run.scored.metrics[g].items():
                     rows.append({"run_id": r["run_id"], "model": run.label,
-                                 "dataset": r["dataset"], "variant": r["variant"],
+                                 "dataset": board_dataset(r), "variant": r["variant"],
                                  "task": r["task"], "scenario": r["scenario"],
                                  "protocol": r["protocol"], "seed": r["seed"], "rate": g,
                                  "metric": metric, "value": value, "path": r["output"]})

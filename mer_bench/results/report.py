@@ -6,7 +6,8 @@ model, no checkpoint, no stored metric values), so tables can be rebuilt anywher
 retraining and a new metric needs no retraining; `fair` and `paper` (oracle tau) results live in
 separate sections and files and are never ranked together. A model whose complete-data IID
 headline interval overlaps the majority-class predictor is flagged "not converged" everywhere
-and never marked best.
+and never marked best. The two text paths (fixed text features vs a text encoder in the loop,
+`text_path`) get separate sections (`evidence.board_dataset`).
 """
 
 from __future__ import annotations
@@ -348,7 +349,7 @@ def write_report(results: str | Path = "results", out: str | Path | None = None,
 
 def _runs_lines(ev: E.Evidence) -> list[str]:
     lines = ["## Runs", "", "| run id | model | scenario | protocol | seed | tau | train policy "
-             "| epochs run |", "|---|---|---|---|---|---|---|---|"]
+             "| epochs run | text path | hyper-parameters |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in sorted(ev.runs, key=lambda r: r.rec["run_id"]):
         rec = run.rec
         tau = run.scored.tau_info.get("tau", "-")
@@ -356,6 +357,7 @@ def _runs_lines(ev: E.Evidence) -> list[str]:
         lines.append(
             f"| `{rec['run_id']}` | {rec['model']} | {rec['scenario']} | "
             f"{rec.get('protocol', '-')} | {rec['seed']} | {tau_s} | "
-            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} |"
+            f"{rec.get('train_policy', '-')} | {rec.get('training', {}).get('epochs_run', '-')} | "
+            f"{rec.get('text_path', 'fixed-features')} | {rec.get('hparams_source', '-')} |"
         )
     return lines

