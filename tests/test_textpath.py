@@ -3,6 +3,8 @@ records and reports keep `fixed-features` and encoder runs apart."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,7 +140,8 @@ def test_run_records_text_path_and_reports_keep_paths_apart(tiny_bert, seen_ids,
     assert enc["hparams_source"] == "official release, chosen on test by its authors"
     write_report(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "text `fixed-features`" in md and f"text `{tiny_bert}`" in md
+    # separate sections: the encoder runs under `dataset [text <encoder>]`
+    assert f"synth-mosi [text {os.path.basename(tiny_bert)}]" in md and "### synth-mosi (" in md
     tables = sorted(p.name for p in (tmp_path / "tables").glob("*_auilc.csv"))
     assert len(tables) == 2
     for t in tables:  # one row each: never ranked beside the other path

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,9 @@ def board_dataset(rec: dict) -> str:
     """The dataset as the board groups it: runs with a text encoder in the loop get their own
     sections (`synth-mosi [text minilm]`), never ranked beside fixed-feature runs."""
     path = rec.get("text_path", "fixed-features")
-    return rec["dataset"] if path == "fixed-features" else f"{rec['dataset']} [text {path}]"
+    if path == "fixed-features":
+        return rec["dataset"]
+    return f"{rec['dataset']} [text {Path(path).name or path}]"
 
 
 @dataclass
