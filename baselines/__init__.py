@@ -7,3 +7,6 @@ from baselines import emt_dlfr, lnln  # noqa: F401
 
 # isort: split
 from baselines import dlf, mplmm, mult  # noqa: F401
+
+# isort: split
+from baselines import clue, gear, mag_bert  # noqa: F401

@@ -297,7 +297,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
     from tqdm.auto import tqdm
 
     from mer_bench.data.registry import load_dataset
-    from mer_bench.metrics import HEADLINE, auilc, debias, oracle_tau_metrics, select_tau
+    from mer_bench.metrics import HEADLINE, TAU_GRID, auilc, debias, oracle_tau_metrics, select_tau
 
     r = resolve(cfg, seed)
     store = Store(results)
@@ -356,7 +356,11 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
     # --- scoring: tau on validation (fair) or per metric and point on test (paper, oracle)
     model0 = trained[points[0].label][0]
     cf_model = bool(getattr(model0, "counterfactual", False))
+    # the correction strength's grid and name are the model's (CIDer's tau, CLUE's alpha)
+    grid = tuple(float(g) for g in getattr(model0, "correction_grid", TAU_GRID))
     tau_info: dict[str, Any] = {"counterfactual": cf_model}
+    if cf_model:
+        tau_info.update(strength=getattr(model0, "correction_name", "tau"), grid=list(grid))
     metrics: dict[str, dict[str, float]] = {}
     if cf_model and cfg.protocol == "fair":
         tau, _ = select_tau(
@@ -364,6 +368,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
             [valid_out[p.label]["cf_scores"] for p in points],
             [valid.labels(task) for _ in points],
             task,
+            grid=grid,
         )
         tau_info.update(tau=float(tau), chosen_on="valid", rule="max mean headline over grid")
         for p in points:
@@ -377,7 +382,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
         for p in points:
             o = test_out[p.label]
             metrics[p.label], taus[p.label] = oracle_tau_metrics(
-                o["scores"], o["cf_scores"], test.labels(task), task
+                o["scores"], o["cf_scores"], test.labels(task), task, grid=grid
             )
         tau_info.update(tau=taus, chosen_on="test (oracle, per metric and point)")
     else:
