@@ -32,7 +32,8 @@ dataset's token features through a fixed, seeded orthonormal projection to 300-d
 not a parameter), so the branch keeps the official size. Official ban words (dropped from the
 branch's input with probability 1 - random_rate, default 1: none dropped) are the harness's
 bias-word vocabulary built on training data only; `ban_words=True` zeroes them always.
-Optimiser: two Adam groups (branch lr 1e-5, wd 1e-5; the base's own optimiser and rates),
+Optimiser: two Adam groups (branch lr 1e-5, wd 1e-5; the base's own optimiser and rates, which
+a regression base's adapter joins at the base's lr),
 cosine annealing T_max 20 to 1e-5 stepped per epoch, value clipping 1.0.
 
 Parameters (binary, MOSI shapes): branch + c = 3,798,579, Table VI's CLUE row exactly
@@ -177,9 +178,12 @@ class CLUE(BenchModel):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         opt = self.base.configure_optimizer()
-        own = [p for n, p in self.named_parameters() if not n.startswith("base.")]
+        own = [*self.branch.parameters(), self.constant]
         opt.add_param_group({"params": own, "lr": float(self.hparams["branch_lr"]),
                              "weight_decay": float(self.hparams["branch_weight_decay"])})
+        if self.adapter is not None:  # part of the base side: it learns at the base's rate
+            opt.add_param_group({"params": list(self.adapter.parameters()), "lr": self.base.lr,
+                                 "weight_decay": 0.0})
         self._scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=int(self.hparams["t_max"]), eta_min=float(self.hparams["eta_min"])
         )

@@ -118,3 +118,26 @@ def test_rmfm_ood_end_to_end(model, tmp_path):
         assert all(set(v.values()) <= set(ALPHA_GRID) for v in paper["tau"]["tau"].values())
     else:
         assert rec["output"] == "regression" and not rec["tau"]["counterfactual"]
+
+
+def test_strength_selection_uses_the_given_grid():
+    from mer_bench.metrics import oracle_tau_metrics, select_tau
+
+    rng = np.random.default_rng(0)
+    logp = np.log(rng.dirichlet(np.ones(3), 40))
+    cf = np.log(rng.dirichlet(np.ones(3), 40))
+    y = rng.integers(0, 3, 40)
+    alpha, table = select_tau([logp], [cf], [y], "binary", grid=ALPHA_GRID)
+    assert alpha in ALPHA_GRID and list(table) == list(ALPHA_GRID)
+    _, taus = oracle_tau_metrics(logp, cf, y, "binary", grid=ALPHA_GRID)
+    assert set(taus.values()) <= set(ALPHA_GRID)
+
+
+def test_clue_optimiser_groups_branch_slow_adapter_at_base_rate():
+    clue = build_model("mult+clue", MOSI, "binary")
+    groups = clue.configure_optimizer().param_groups
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert by_id[id(clue.constant)] == 1e-5
+    assert all(by_id[id(p)] == 1e-5 for p in clue.branch.parameters())
+    assert all(by_id[id(p)] == clue.base.lr for p in clue.adapter.parameters())
+    assert sum(len(g["params"]) for g in groups) == len(list(clue.parameters()))
