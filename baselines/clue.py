@@ -25,7 +25,8 @@ Classes: binary CLUE is 2-way (negative / non-negative, the official `output_siz
 with the positives as MMSA's Has0); the suite's 3-column scores carry the neutral column at
 -1e4 (never predicted) and a neutral counterfactual of 0 (never corrected). Seven is 7-way.
 The base's logits: a classifier's log-probabilities (binary: its neg and pos columns); a
-regression base's score s through a learned `Linear(1, K)` (counted as "adapter").
+regression base's score s through a learned `Linear(1, K)` (counted as "adapter") that starts as
+the base's own decision rule (`regression_adapter`).
 
 Deviations, and why: the official branch reads 300-d GloVe vectors; here it reads the
 dataset's token features through a fixed, seeded orthonormal projection to 300-d (a buffer,
@@ -71,6 +72,19 @@ def fixed_projection(d_in: int, d_out: int, seed: int = 1111) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=g))
     return q if d_in >= d_out else q.T
+
+
+def regression_adapter(k: int) -> nn.Linear:
+    """Linear(1, K) on a regression score s, initialised to the base's own decision rule:
+    logit_k = c_k s - c_k^2 / 2 for class centres c_k (binary -1, +1; seven -3..3) is
+    -(s - c_k)^2 / 2 up to a term shared by all classes, so its argmax is the nearest centre
+    (the sign, MMSA's rounding). A random start would need many steps to undo."""
+    centres = torch.tensor([-1.0, 1.0]) if k == 2 else torch.arange(-3.0, 4.0)
+    lin = nn.Linear(1, k)
+    with torch.no_grad():
+        lin.weight.copy_(centres.view(k, 1))
+        lin.bias.copy_(-0.5 * centres**2)
+    return lin
 
 
 class TextBranch(nn.Module):
@@ -133,7 +147,7 @@ class CLUE(BenchModel):
         self.k = 2 if base.task == "binary" else 7
         self.branch = TextBranch(base.spec.dims[0], int(h["embed"]), int(h["hidden"]), self.k)
         self.constant = nn.Parameter(torch.tensor(1.0))
-        self.adapter = nn.Linear(1, self.k) if base.output == "regression" else None
+        self.adapter = regression_adapter(self.k) if base.output == "regression" else None
         self.register_buffer("ban_ids", None, persistent=False)
         self.lr = base.lr
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None

@@ -141,3 +141,15 @@ def test_clue_optimiser_groups_branch_slow_adapter_at_base_rate():
     assert all(by_id[id(p)] == 1e-5 for p in clue.branch.parameters())
     assert all(by_id[id(p)] == clue.base.lr for p in clue.adapter.parameters())
     assert sum(len(g["params"]) for g in groups) == len(list(clue.parameters()))
+
+
+def test_regression_adapter_starts_as_the_base_decision_rule():
+    from baselines.clue import regression_adapter
+
+    centre = torch.arange(-3.0, 4.0).repeat_interleave(9)
+    s = (centre + torch.linspace(-0.45, 0.45, 9).repeat(7)).view(-1, 1)  # off the boundaries
+    s = torch.cat([s, torch.tensor([[-5.0], [5.0]])])
+    nonzero = s.view(-1).abs() > 1e-6
+    assert torch.equal(regression_adapter(2)(s).argmax(1)[nonzero], (s.view(-1) > 0).long()[nonzero])
+    nearest = torch.clamp(torch.round(s.view(-1)), -3, 3).long() + 3
+    assert torch.equal(regression_adapter(7)(s).argmax(1), nearest)
