@@ -34,8 +34,10 @@ not a parameter), so the branch keeps the official size. Official ban words (dro
 branch's input with probability 1 - random_rate, default 1: none dropped) are the harness's
 bias-word vocabulary built on training data only; `ban_words=True` zeroes them always.
 Optimiser: two Adam groups (branch lr 1e-5, wd 1e-5; the base's own optimiser and rates, which
-a regression base's adapter joins at the base's lr),
-cosine annealing T_max 20 to 1e-5 stepped per epoch, value clipping 1.0.
+a regression base's adapter joins at the base's lr), cosine annealing T_max 20 to 1e-5 stepped
+per epoch, value clipping 1.0 (the issue's value; the official MOSI config uses 0.8). The base
+trains through its `objective()` terms and micro-batches, not its own `train_step` (so
+`cider+clue` drops CIDer's teacher/student distillation).
 
 Parameters (binary, MOSI shapes): branch + c = 3,798,579, Table VI's CLUE row exactly
 (`clue_parameters()`); the base and adapter are reported separately (`parameter_breakdown`).
