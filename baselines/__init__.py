@@ -9,4 +9,4 @@ from baselines import emt_dlfr, lnln  # noqa: F401
 from baselines import dlf, mplmm, mult  # noqa: F401
 
 # isort: split
-from baselines import dicmor, dmd, glomo  # noqa: F401
+from baselines import clue, dicmor, dmd, gear, glomo, mag_bert  # noqa: F401  # noqa: F401

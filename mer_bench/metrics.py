@@ -266,10 +266,11 @@ def select_tau(
     labels_list: Sequence[np.ndarray],
     task: str,
     metric: str | None = None,
+    grid: Sequence[float] = TAU_GRID,
 ) -> tuple[float, dict[float, float]]:
     """The fair protocol: ONE tau per run, chosen on validation only.
 
-    For each tau in TAU_GRID, `metric` (default: the task's headline) is computed on every given
+    For each tau in `grid` (default TAU_GRID; a model may declare its own, e.g. CLUE's alpha), `metric` (default: the task's headline) is computed on every given
     validation condition (one list entry per condition, e.g. per missing rate) and averaged;
     the tau with the highest mean wins, ties going to the smallest tau (the least correction).
     Returns (tau, {tau: mean metric}).
@@ -279,8 +280,9 @@ def select_tau(
         raise UserError("select_tau needs equally long, non-empty lists of scores, cf scores, labels")
     fn = _task_metric_fn(task, metric or HEADLINE[task])
     table: dict[float, float] = {}
-    best_tau, best = TAU_GRID[0], -np.inf
-    for tau in TAU_GRID:
+    grid = sorted(float(g) for g in grid)
+    best_tau, best = grid[0], -np.inf
+    for tau in grid:
         vals = [fn(debias(s, c, tau), y) for s, c, y in zip(valid_logp_list, valid_logp_cf_list,
                                                              labels_list)]
         table[tau] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
@@ -290,17 +292,18 @@ def select_tau(
 
 
 def oracle_tau_metrics(
-    logp: np.ndarray, logp_cf: np.ndarray, labels: np.ndarray, task: str
+    logp: np.ndarray, logp_cf: np.ndarray, labels: np.ndarray, task: str,
+    grid: Sequence[float] = TAU_GRID,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """ORACLE, the paper's protocol: for each metric separately, its maximum over TAU_GRID
     measured on the labels given (the official code passes test labels), so accuracy and F1 may
-    use different taus and the result is never below tau = 0. `labels` are 3-way for `binary`,
+    use different taus and the result is never below tau = 0 (`grid` as in `select_tau`). `labels` are 3-way for `binary`,
     7-way for `seven`. Returns (metrics, {metric: its tau}); ties go to the smallest tau."""
     if task not in HEADLINE:
         raise UserError(f"unknown task {task!r}; choose one of: {', '.join(HEADLINE)}")
     best: dict[str, float] = {}
     taus: dict[str, float] = {}
-    for tau in TAU_GRID:
+    for tau in sorted(float(g) for g in grid):
         m = score_classification(task, debias(logp, logp_cf, tau), labels)
         for name, v in m.items():
             if name not in best or _better(v, best[name]):

@@ -20,6 +20,7 @@ import numpy as np
 
 from mer_bench.errors import UserError
 from mer_bench.metrics import (
+    TAU_GRID,
     auilc,
     classification_metrics,
     debias,
@@ -64,8 +65,10 @@ def numeric_grid(grid: Sequence[str]) -> list[float] | None:
     return xs if len(xs) > 1 else None
 
 
-def fair_tau(preds: Preds, grid: Sequence[str], task: str) -> float:
-    """The fair protocol's one tau per run, chosen on the stored validation predictions."""
+def fair_tau(preds: Preds, grid: Sequence[str], task: str,
+             strengths: Sequence[float] = TAU_GRID) -> float:
+    """The fair protocol's one tau per run (on the model's strength grid), chosen on the stored
+    validation predictions."""
     missing = [g for g in grid if f"valid_scores@{g}" not in preds] + (
         [] if "valid_labels" in preds else ["labels"]
     )
@@ -76,21 +79,27 @@ def fair_tau(preds: Preds, grid: Sequence[str], task: str) -> float:
         [preds[f"valid_cf_scores@{g}"] for g in grid],
         [preds["valid_labels"] for _ in grid],
         task,
+        grid=strengths,
     )
     return float(tau)
 
 
 def score_predictions(
-    preds: Preds, *, output: str, task: str, protocol: str, grid: Sequence[str]
+    preds: Preds, *, output: str, task: str, protocol: str, grid: Sequence[str],
+    strengths: Sequence[float] = TAU_GRID, strength_name: str = "tau",
 ) -> Scored:
     """Score stored predictions: tau on validation (fair) or per metric and point on test
-    labels (paper, an oracle), then every metric per grid point and AUILC over numeric grids."""
+    labels (paper, an oracle), then every metric per grid point and AUILC over numeric grids.
+    `strengths`/`strength_name` are the model's correction grid (CIDer's tau, CLUE's alpha)."""
     metrics: dict[str, dict[str, float]] = {}
     final: dict[str, np.ndarray] = {}
     cf = is_counterfactual(preds, grid)
     tau_info: dict[str, Any] = {"counterfactual": cf}
+    strengths = tuple(float(g) for g in strengths)
+    if cf:
+        tau_info.update(strength=strength_name, grid=list(strengths))
     if cf and protocol == "fair":
-        tau = fair_tau(preds, grid, task)
+        tau = fair_tau(preds, grid, task, strengths)
         tau_info.update(tau=tau, chosen_on="valid", rule="max mean headline over grid")
         for g in grid:
             final[g] = debias(preds[f"scores@{g}"], preds[f"cf_scores@{g}"], tau)
@@ -99,7 +108,8 @@ def score_predictions(
         taus = {}
         for g in grid:
             metrics[g], taus[g] = oracle_tau_metrics(
-                preds[f"scores@{g}"], preds[f"cf_scores@{g}"], preds["labels"], task
+                preds[f"scores@{g}"], preds[f"cf_scores@{g}"], preds["labels"], task,
+                grid=strengths,
             )
         tau_info.update(tau=taus, chosen_on="test (oracle, per metric and point)")
     else:

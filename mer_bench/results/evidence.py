@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mer_bench.errors import UserError
-from mer_bench.metrics import HEADLINE
+from mer_bench.metrics import HEADLINE, TAU_GRID
 from mer_bench.results import stats
 from mer_bench.results.store import TIDY_COLUMNS, Store
 from mer_bench.scoring import (
@@ -57,8 +57,11 @@ class RunEvidence:
     @cached_property
     def scored(self) -> Scored:
         r = self.rec
+        tau = r.get("tau", {})
         return score_predictions(self.preds, output=r["output"], task=r["task"],
-                                 protocol=r["protocol"], grid=r["grid"])
+                                 protocol=r["protocol"], grid=r["grid"],
+                                 strengths=tau.get("grid", TAU_GRID),
+                                 strength_name=tau.get("strength", "tau"))
 
     @property
     def grid(self) -> list[str]:

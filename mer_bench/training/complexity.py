@@ -63,6 +63,8 @@ def measure(
         "device": dev,
         "threads": torch.get_num_threads(),
         "parameters": model.n_parameters(),
+        # wrappers (CLUE) split their count: base, their own branch, adapters
+        **getattr(model, "parameter_breakdown", dict)(),
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": "cuda max allocated" if dev == "cuda" else "process peak RSS",
         "rss_before_training_mb": round(rss_before, 1),

@@ -497,6 +497,7 @@ def _stage_predict(st: Stage, store: Store, progress: bool, force: bool) -> None
 def _stage_score(st: Stage) -> None:
     """Score stage: move the raw predictions into `st.preds` (what the store keeps) and score
     them with `mer_bench.scoring`, the same pure function `mer-bench report` uses."""
+    from mer_bench.metrics import TAU_GRID
     from mer_bench.scoring import score_predictions
 
     r, points, preds = st.r, st.points, st.preds
@@ -513,9 +514,11 @@ def _stage_score(st: Stage) -> None:
             preds[f"valid_cf_scores@{p.label}"] = st.valid_out[p.label]["cf_scores"]
     if st.valid_out:
         preds["valid_labels"] = st.ds["valid"].labels(r.cfg.task)
-    scored = score_predictions(
+    scored = score_predictions(  # the correction strength's grid and name are the model's
         preds, output=model0.output, task=r.cfg.task, protocol=r.cfg.protocol,
         grid=[p.label for p in points],
+        strengths=getattr(model0, "correction_grid", TAU_GRID),
+        strength_name=getattr(model0, "correction_name", "tau"),
     )
     st.metrics.update(scored.metrics)
     st.tau_info = {**scored.tau_info, "counterfactual": bool(getattr(model0, "counterfactual", False))}
