@@ -146,3 +146,17 @@ def test_mplmm_type_prompts_train_unless_official_compat(compat, alive):
     moved = any(g is not None and bool(g.abs().sum() > 0) for g in grads[1:])
     assert moved is alive and bool(model.type_prompt.abs().sum() > 0) is alive
     assert hp.get("compat", "") == ("zero_type_prompts" if compat else "")
+
+
+def test_run_record_carries_selection_and_updates(tmp_path):
+    from mer_bench.training.runner import RunConfig, run_cell
+
+    cfg = RunConfig(model="lf_dnn", scenario="rmfm-iid", dataset="synth-mosi", scale=0.05,
+                    epochs=2, rates=(0.0, 1.0))
+    rec = run_cell(cfg, 1111, str(tmp_path))
+    assert rec["selection"]["criterion"] == "loss" and rec["selection"]["split"] == "valid"
+    n_train = rec["data"]["counts"]["train"]
+    per_epoch = -(-n_train // rec["batch_size"]) - (n_train % rec["batch_size"] == 1)
+    assert rec["updates"] == rec["training"]["epochs_run"] * per_epoch > 0
+    hist = rec["training"]["history"]
+    assert all({"valid_loss", "valid_Non0_acc_2", "lr", "updates"} <= set(h) for h in hist)
