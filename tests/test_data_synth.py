@@ -9,9 +9,10 @@ import pytest
 
 from mer_bench.data import synth
 from mer_bench.data.mmsa import read_mmsa_pickle
-from mer_bench.data.registry import clear_cache, load_dataset
+from mer_bench.data.registry import clear_cache
 from mer_bench.data.schema import CLS_ID, SEP_ID, seven_class, three_class
 from mer_bench.data.verify import info, verify
+from mer_bench.datasets import load_dataset
 from mer_bench.errors import DataError, UserError
 
 SCALE = 0.02

@@ -229,7 +229,7 @@ def _eval_drops(r: Resolved, point):
 
 
 def _cf_vocab(r: Resolved, ds) -> np.ndarray | None:
-    from mer_bench.data.cfvocab import cf_vocab_ids
+    from mer_bench.splits.vocabulary import cf_vocab_ids
 
     if ds["train"].text_bert is None:
         return None
@@ -296,7 +296,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
     (or the existing record when the cell is already finished and `force` is False)."""
     from tqdm.auto import tqdm
 
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
     from mer_bench.metrics import HEADLINE, auilc, debias, oracle_tau_metrics, select_tau
 
     r = resolve(cfg, seed)
