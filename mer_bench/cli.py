@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-csv", default=None)
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--strength", default=None,
-                   help="0..1 of the way from the IID to the maximal shift, or max (default 0.5)")
+                   help="0..1 of the way from the IID to the maximal shift, or max (default 0.9)")
     p.add_argument("--priors", default=None, choices=["cider"],
                    help="hit CIDer's published training priors exactly (train counts)")
     p.add_argument("--out", default=None, help="splits directory (default: $MER_BENCH_SPLITS, "

@@ -190,36 +190,17 @@ def _replay_matches(dataset: str, seed: int | None) -> bool:
 def _replay_synth(dataset: str, seed: int | None, scale: float | None) -> SourceData | None:
     from mer_bench.data import synth
 
-    synth.profile(dataset)
     seed_v = synth.DEFAULT_SEED if seed is None else int(seed)
-    knobs = synth.Knobs()
-    vocab = synth.build_vocabulary(seed_v)
-    labels = synth.synth_labels(dataset, seed_v, scale)
-    parts = []
-    for i, s in enumerate(SPLITS):
-        y = labels[s]
-        n = len(y)
-        lrng = np.random.default_rng([seed_v, 9, i])
-        u_a = knobs.unique_audio * lrng.standard_normal(n)
-        u_v = knobs.unique_vision * lrng.standard_normal(n)
-        plan = synth._sentences(
-            y, y - u_a - u_v, vocab, knobs, knobs.spurious[i], np.random.default_rng([seed_v, 2, i])
-        )
-        vrng = np.random.default_rng([seed_v, 6, i])
-        video, clip = synth._videos(n, vrng)
-        names = synth._video_names(int(video.max()) + 1, vrng, i)
-        ids = np.array([f"{names[v]}$_${c}" for v, c in zip(video, clip)], dtype=str)
-        parts.append((s, ids, y, plan))
+    text, vocab = synth.synth_text(dataset, seed_v, scale)
+    parts = [text[s] for s in SPLITS]
     return SourceData(
-        ids=np.concatenate([x[1] for x in parts]),
-        regression=np.concatenate([x[2] for x in parts]).astype(np.float32),
-        texts=np.concatenate([x[3].raw_text for x in parts]),
-        iid=np.concatenate([np.full(len(x[2]), x[0]) for x in parts]),
+        ids=np.concatenate([x["id"] for x in parts]),
+        regression=np.concatenate([x["regression_labels"] for x in parts]).astype(np.float32),
+        texts=np.concatenate([x["raw_text"] for x in parts]),
+        iid=np.concatenate([np.full(len(x["id"]), s) for s, x in zip(SPLITS, parts)]),
         origin=f"{dataset} (synthetic generator v{synth.GENERATOR_VERSION}, seed {seed_v}; "
         "text and labels only)",
-        token_ids=np.concatenate([x[3].text_bert[:, 0, :] for x in parts]),
+        token_ids=np.concatenate([x["text_bert"][:, 0, :] for x in parts]),
         vocab={int(i): w for i, w in zip(vocab.ids, vocab.words)},
         token_note="the synthetic generator's text_bert ids; token strings from its vocabulary",
     )
-
-
