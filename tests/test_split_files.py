@@ -155,3 +155,53 @@ def test_wheel_ships_the_committed_splits_as_data_files():
         for pat in patterns:
             listed |= {str(p.relative_to(root)) for p in root.glob(pat)}
     assert shipped and shipped <= listed
+
+
+def test_version_1_files_still_load_and_record_their_version(built):
+    ds, doc, path = built
+    old = json.loads(json.dumps(doc))
+    old["algorithm_version"] = "1.0"
+    del old["params"]["strength"]
+    path.write_text(json.dumps(old))
+    served = apply.apply_ood(ds, "binary")
+    assert served.meta["ood_split"]["algorithm_version"] == "1.0"
+    assert served.meta["ood_split"]["strength"] == "max"
+    assert search.ALGORITHM_VERSION == "2.0" and search.DEFAULT_STRENGTH == 0.9
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_shipped_splits_and_builds_outside_the_package(tmp_path):
+    """Build the wheel, install it under a fresh prefix (no checkout on the path), and run the
+    main job's cheap twin and a split build from there."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "whl"), str(root)], check=True)
+    wheel = next((tmp_path / "whl").glob("mer_bench-*.whl"))
+    prefix = tmp_path / "prefix"
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel)],
+                   check=True)
+    site_dir = next(prefix.glob("lib/python*/site-packages"))
+    env = {**os.environ, "PYTHONPATH": str(site_dir), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+           "MER_BENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("MER_BENCH_SPLITS", None)
+    run = tmp_path / "cwd"
+    run.mkdir()
+    code = ("import mer_bench.splits.files as f; print(f.shipped_dir()); "
+            "print(f.ood_json_path('mosi', 'binary'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=run, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out[0] == str(prefix / "share" / "mer-bench" / "splits") and Path(out[1]).is_file()
+    before = sorted(p for p in prefix.rglob("*") if p.is_file())
+    cli = [sys.executable, "-c", "import sys; from mer_bench.cli import main; sys.exit(main())"]
+    subprocess.run([*cli, "split", "build", "--dataset", "synth-mosi", "--task", "binary"],
+                   cwd=run, env=env, check=True, capture_output=True)
+    assert (tmp_path / "xdg" / "mer-bench" / "splits" / "synth-mosi" / "binary" / "ood.json").is_file()
+    subprocess.run([*cli, "run", "--model", "lf_dnn", "--scenario", "rmfm-ood", "--scale", "0.1",
+                    "--epochs", "1"], cwd=run, env=env, check=True, capture_output=True)
+    after = sorted(p for p in prefix.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert [p for p in after if p not in before] == []  # nothing written into the install

@@ -42,7 +42,12 @@ def shipped_dir() -> Path | None:
 
     if (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "splits").is_dir():
         return PROJECT_ROOT / "splits"
-    bases = [sysconfig.get_path("data"), sys.prefix, getattr(site, "USER_BASE", None)]
+    import mer_bench
+
+    # <prefix>/lib/pythonX.Y/site-packages/mer_bench -> <prefix> (covers `pip install --prefix`)
+    up = Path(mer_bench.__file__).resolve().parents
+    pkg_prefix = str(up[4]) if len(up) > 4 else None
+    bases = [sysconfig.get_path("data"), sys.prefix, getattr(site, "USER_BASE", None), pkg_prefix]
     for base in bases:
         if base and Path(base, *SHIPPED_SUBDIR).is_dir():
             return Path(base, *SHIPPED_SUBDIR)
