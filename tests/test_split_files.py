@@ -183,7 +183,7 @@ def test_installed_wheel_finds_shipped_splits_and_builds_outside_the_package(tmp
                     str(tmp_path / "whl"), str(root)], check=True)
     wheel = next((tmp_path / "whl").glob("mer_bench-*.whl"))
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel)],
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
                    check=True)
     site_dir = next(prefix.glob("lib/python*/site-packages"))
     env = {**os.environ, "PYTHONPATH": str(site_dir), "XDG_DATA_HOME": str(tmp_path / "xdg"),
