@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from mer_bench.data.cfvocab import cf_vocab_ids
-from mer_bench.data.registry import load_dataset
+from mer_bench.datasets import load_dataset
 from mer_bench.models import build_model
 from mer_bench.scenarios import get_policy, get_scenario
+from mer_bench.splits.vocabulary import cf_vocab_ids
 from mer_bench.training.trainer import TrainSettings, predict, seed_torch, train
 
 

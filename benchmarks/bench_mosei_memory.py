@@ -39,7 +39,7 @@ def measure(scale: float | None, threads: int, train_epoch: bool) -> dict:
 
     import torch
 
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
 
     torch.set_num_threads(threads)
     base = _peak_mb()  # interpreter + torch before any data

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mer_bench.data.batch import make_batch
-from mer_bench.data.registry import load_dataset
+from mer_bench.datasets import load_dataset
 from mer_bench.scenarios import get_policy
 from mer_bench.scenarios.base import Lengths, apply_drops
 from mer_bench.textpath import build_with_text_encoder

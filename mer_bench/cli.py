@@ -172,7 +172,7 @@ def cmd_scenario_stats(a: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- split
 def cmd_split_build(a: argparse.Namespace) -> None:
-    from mer_bench.data.ood import build_split_cli
+    from mer_bench.splits.search import build_split_cli
 
     print(
         build_split_cli(
@@ -183,12 +183,14 @@ def cmd_split_build(a: argparse.Namespace) -> None:
             out=a.out,
             data_root=a.data_root,
             variant=a.variant,
+            strength=a.strength,
+            priors_name=a.priors,
         )
     )
 
 
 def cmd_split_check(a: argparse.Namespace) -> None:
-    from mer_bench.data.ood import check_split_cli
+    from mer_bench.splits.check import check_split_cli
 
     print(
         check_split_cli(
@@ -198,6 +200,8 @@ def cmd_split_check(a: argparse.Namespace) -> None:
             label_csv=a.label_csv,
             data_root=a.data_root,
             path=a.path,
+            probe=a.probe,
+            variant=a.variant,
         )
     )
 
@@ -449,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="binary", choices=["binary", "seven"])
     p.add_argument("--label-csv", default=None)
     p.add_argument("--seed", type=_seed, default=1111)
-    p.add_argument("--out", default=None, help="splits directory (default: the project's)")
+    p.add_argument("--strength", default=None,
+                   help="0..1 of the way from the IID to the maximal shift, or max (default 0.9)")
+    p.add_argument("--priors", default=None, choices=["cider"],
+                   help="hit CIDer's published training priors exactly (train counts)")
+    p.add_argument("--out", default=None, help="splits directory (default: $MER_BENCH_SPLITS, "
+                   "else ~/.local/share/mer-bench/splits; read before the shipped splits)")
     p.set_defaults(func=cmd_split_build)
     p = spsub.add_parser("check", help="print the shift statistic and class priors of a split")
     _common_data(p, dataset_default=None)
@@ -457,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="ood", help="iid, ood, or a split json path")
     p.add_argument("--label-csv", default=None)
     p.add_argument("--path", default=None, help="a split json to check")
+    p.add_argument("--probe", default="auto", choices=["auto", "text", "none"],
+                   help="linear probe IID vs OOD: auto (text, and all modalities when the "
+                   "dataset's features are at hand), text, none")
     p.set_defaults(func=cmd_split_check)
 
     p = sub.add_parser("run", help="train and evaluate one model on one scenario")

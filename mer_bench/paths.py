@@ -1,4 +1,4 @@
-"""Where things live: the data root, the per-user cache and the project's committed splits."""
+"""Where things live: the data root and the per-user cache (splits: `mer_bench.splits.files`)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,3 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "mer-bench"
-
-
-def splits_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """Committed split id lists and counterfactual vocabularies (`$MER_BENCH_SPLITS` overrides)."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("MER_BENCH_SPLITS")
-    return Path(env) if env else PROJECT_ROOT / "splits"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mer_bench.data.cfvocab import (
+from mer_bench.data.schema import MMDataset, Split
+from mer_bench.splits.vocabulary import (
     NO_IDS_NOTE,
     build_cf_vocab,
     cf_vocab_ids,
     select_bias_tokens,
 )
-from mer_bench.data.schema import MMDataset, Split
 
 SPECIAL = {0, 100, 101, 102, 103}
 
@@ -139,17 +139,17 @@ def test_token_strings_from_vocabulary():
 def test_real_mosi_vocab_has_wordpiece_strings():
     from pathlib import Path
 
-    from mer_bench.data import ood
+    from mer_bench.splits import source
 
     csv = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"
     if not csv.is_file():
         pytest.skip("../shared/data/mosi/label.csv absent")
-    src = ood.source_from_label_csv(csv, tokens=True)
+    src = source.source_from_label_csv(csv, tokens=True)
     if src.token_ids is None:
         pytest.skip(f"no MiniLM tokenizer: {src.token_note}")
     rows = np.flatnonzero(src.iid == "train")
     labels = src.labels("binary")[rows]
-    from mer_bench.data.cfvocab import cf_vocab_from_arrays
+    from mer_bench.splits.vocabulary import cf_vocab_from_arrays
 
     v = cf_vocab_from_arrays(src.ids[rows], src.token_ids[rows], labels, "binary", vocab=src.vocab)
     words = [t["token"] for t in v["tokens"]]

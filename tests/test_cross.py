@@ -8,6 +8,7 @@ import pytest
 from mer_bench.data import cross
 from mer_bench.data.registry import DATASETS, DatasetEntry
 from mer_bench.data.schema import SPLITS, MMDataset, Split
+from mer_bench.datasets import load_cross
 from mer_bench.errors import UserError
 
 
@@ -100,17 +101,17 @@ def test_load_cross_uses_registry_partner(registered):
     registered("xa-test", _ds("xa", 4), "xb-test")
     registered("xb-test", _ds("xb", 6, seed=4), "xa-test")
     registered("xc-test", _ds("xc", 4, dims=(6, 25, 171)), "xa-test")
-    out = cross.load_cross("xa-test", variant="aligned", task="binary")
+    out = load_cross("xa-test", variant="aligned", task="binary")
     assert out["test"].id[0].startswith("xbtest") and out["test"].text.shape[1] == 4
     with pytest.raises(UserError, match="feature dims"):
-        cross.load_cross("xc-test", variant="aligned")
+        load_cross("xc-test", variant="aligned")
 
 
 def test_embedded_cross_pair_is_casp_shaped_and_shares_one_world(tmp_path):
     """synth-mosi -> synth-mosei uses the CASP-shaped twins: 768/25/171, aligned, 44 vs 75
     positions; the partner's in-memory test split is the one its file would hold."""
     from mer_bench.data import mmsa, synth
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
 
     ds = load_dataset("synth-mosi", "aligned", "cross", scale=0.02)
     assert ds.spec.dims == (768, 25, 171) and ds.spec.lens == (44, 44, 44)
@@ -136,7 +137,7 @@ def test_embedded_cross_pair_is_casp_shaped_and_shares_one_world(tmp_path):
 
 
 def test_embedded_cross_pair_refuses_unaligned():
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
 
     with pytest.raises(UserError, match="aligned only"):
         load_dataset("synth-mosi", "unaligned", "cross", scale=0.02)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from mer_bench.data import mmsa
-from mer_bench.data.registry import DATASETS, clear_cache, load_dataset
+from mer_bench.data.registry import DATASETS, clear_cache
 from mer_bench.data.safe_pickle import safe_load, safe_torch_load
 from mer_bench.data.schema import three_class
+from mer_bench.datasets import load_dataset
 from mer_bench.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]

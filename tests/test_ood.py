@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_bench.data import ood
 from mer_bench.data.schema import SPLITS, MMDataset, Split
 from mer_bench.errors import UserError
+from mer_bench.splits import apply, files, published, search, source, statistic
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSI_CSV = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"
@@ -19,14 +19,15 @@ needs_mosi = pytest.mark.skipif(not MOSI_CSV.is_file(), reason="../shared/data/m
 
 @pytest.fixture(scope="module")
 def mosi_src():
-    return ood.source_from_label_csv(MOSI_CSV)
+    return source.source_from_label_csv(MOSI_CSV)
 
 
 @needs_mosi
 @pytest.mark.parametrize("task", ["binary", "seven"])
-def test_mosi_ood_split_shifts_words_keeps_sizes_and_priors(mosi_src, task):
+@pytest.mark.parametrize("strength", ["max", None])
+def test_mosi_ood_split_shifts_words_keeps_sizes_and_priors(mosi_src, task, strength):
     src = mosi_src
-    doc, res = ood.build_split_document(src, "mosi", task, seed=1111)
+    doc, res = search.build_split_document(src, "mosi", task, seed=1111, strength=strength)
     iid, new = doc["iid"], doc["ood"]
     print(
         f"\nMOSI {task}: TV iid {iid['statistic']['tv']:.4f} -> ood {new['statistic']['tv']:.4f};"
@@ -38,10 +39,13 @@ def test_mosi_ood_split_shifts_words_keeps_sizes_and_priors(mosi_src, task):
     assert {s: len(doc["ids"][s]) for s in SPLITS} == {"train": 1284, "valid": 229, "test": 686}
     all_ids = sum((doc["ids"][s] for s in SPLITS), [])
     assert sorted(all_ids) == sorted(src.ids.tolist())  # a partition of the same samples
-    assert new["statistic"]["tv"] > 2.5 * iid["statistic"]["tv"]
+    assert new["statistic"]["tv"] > (2.5 if strength == "max" else 1.5) * iid["statistic"]["tv"]
     assert new["statistic"]["flip"] > iid["statistic"]["flip"]
+    if task == "binary":  # test balance within 0.05 of training's (positive share of non-zero)
+        share = {s: new["priors"][s][2] / (new["priors"][s][0] + new["priors"][s][2]) for s in SPLITS}
+        assert abs(share["test"] - share["train"]) < 0.05
     # train and valid agree with each other (no more than an IID pair do, give or take noise)
-    assert new["train_vs_valid"]["tv"] < 0.5 * new["statistic"]["tv"]
+    assert new["train_vs_valid"]["tv"] < iid["train_vs_valid"]["tv"] + 0.02
     p_iid, p_ood = np.array(iid["priors"]["train"]), np.array(new["priors"]["train"])
     # the search bounds the train+valid pool's priors; stratified valid sampling adds rounding
     slack = 2.0 / 1284
@@ -53,40 +57,69 @@ def test_mosi_ood_split_shifts_words_keeps_sizes_and_priors(mosi_src, task):
     assert res.seconds < 30
 
     # recomputing the statistic from the id lists alone gives the stored value
-    rows = ood.rows_from_ids(src, doc["ids"], "")
-    index = ood.WordIndex.build(src.texts, doc["params"]["min_count"])
-    again = ood.shift_statistic(index, src.labels(task), rows["train"], rows["test"], task)
+    rows = source.rows_from_ids(src, doc["ids"], "")
+    index = statistic.WordIndex.build(src.texts, doc["params"]["min_count"])
+    again = statistic.shift_statistic(index, src.labels(task), rows["train"], rows["test"], task)
     assert again == new["statistic"]
+
+
+FAST = {"iters_per_sample": 5, "min_proposals": 10_000}
+
+
+@needs_mosi
+def test_strength_is_monotone_in_the_shift_statistic(mosi_src):
+    tv = []
+    for strength in (0.0, 0.25, 0.5, 0.75, "max"):
+        doc, _ = search.build_split_document(mosi_src, "mosi", "binary", 1111, strength=strength,
+                                             **FAST)
+        tv.append(doc["ood"]["statistic"]["tv"])
+    assert all(a < b for a, b in zip(tv, tv[1:])), tv
+    assert tv[0] < doc["iid"]["statistic"]["tv"] + 0.05  # strength 0 stays near the IID split
+    with pytest.raises(UserError, match="strength"):
+        search.parse_strength("1.5")
+
+
+@needs_mosi
+@pytest.mark.parametrize("task", ["binary", "seven"])
+def test_cider_priors_hit_published_train_counts_exactly(mosi_src, task):
+    prior = published.published_train_priors("cider", "mosi", task)
+    res = search.build_ood(mosi_src, task, 1111, train_priors=prior, **FAST)
+    got = np.bincount(mosi_src.labels(task)[res.train], minlength=len(prior))
+    want = np.floor(np.asarray(prior) * 1284 + 0.5).astype(int)  # these priors round exactly
+    assert want.sum() == 1284 and got.tolist() == want.tolist()
+    assert (len(res.train), len(res.valid), len(res.test)) == (1284, 229, 686)
+    with pytest.raises(UserError, match="MOSI and MOSEI only"):
+        published.published_train_priors("cider", "tiny", task)
 
 
 @needs_mosi
 def test_same_seed_same_split_other_seed_differs(mosi_src):
-    a = ood.build_ood(mosi_src, "binary", seed=7)
-    b = ood.build_ood(mosi_src, "binary", seed=7)
-    c = ood.build_ood(mosi_src, "binary", seed=8)
+    a = search.build_ood(mosi_src, "binary", seed=7)
+    b = search.build_ood(mosi_src, "binary", seed=7)
+    c = search.build_ood(mosi_src, "binary", seed=8)
     for s in ("train", "valid", "test"):
         assert np.array_equal(getattr(a, s), getattr(b, s))
     assert not np.array_equal(np.sort(a.test), np.sort(c.test))
     # row order of the input does not matter: rows are processed in id order
     perm = np.random.default_rng(0).permutation(len(mosi_src.ids))
-    shuffled = ood.SourceData(
+    shuffled = source.SourceData(
         mosi_src.ids[perm], mosi_src.regression[perm], mosi_src.texts[perm], mosi_src.iid[perm]
     )
-    d = ood.build_ood(shuffled, "binary", seed=7)
+    d = search.build_ood(shuffled, "binary", seed=7)
     assert sorted(shuffled.ids[d.test]) == sorted(mosi_src.ids[a.test])
 
 
 def test_words_and_stop_words():
-    assert ood.words("I didn't LIKE it, at ALL!") == ["i", "didn", "t", "like", "it", "at", "all"]
-    assert ood.content_words("the movie was really GOOD, good") == {"movie", "good"}
+    assert statistic.words("I didn't LIKE it, at ALL!") == ["i", "didn", "t", "like", "it", "at", "all"]
+    assert statistic.content_words("the movie was really GOOD, good") == {"movie", "good"}
 
 
 def test_shift_statistic_by_hand():
     # one word "w" in every document; train: w with 3 neg 1 pos; test: 1 neg 3 pos
     texts = np.array(["w"] * 8)
     labels = np.array([0, 0, 0, 2, 0, 2, 2, 2])
-    index = ood.WordIndex.build(texts, min_count=1)
-    st = ood.shift_statistic(index, labels, np.arange(4), np.arange(4, 8), "binary", alpha=0.0)
+    index = statistic.WordIndex.build(texts, min_count=1)
+    st = statistic.shift_statistic(index, labels, np.arange(4), np.arange(4, 8), "binary", alpha=0.0)
     assert st["tv"] == pytest.approx(0.5)  # |3/4 - 1/4|
     assert st["skew_train"] == pytest.approx(0.5) and st["skew_test"] == pytest.approx(0.5)
     assert st["flip"] == 0.0  # relative to each side's own prior, w leans nowhere
@@ -123,9 +156,9 @@ def _tiny_dataset(n=(60, 20, 30), seed=0, name="tiny") -> MMDataset:
 
 
 def _write_split(ds: MMDataset, task: str, root: Path) -> dict:
-    src = ood.source_from_splits(ds.splits)
-    doc, _ = ood.build_split_document(src, ds.name, task, seed=3, min_count=3)
-    ood.write_json_atomic(ood.ood_json_path(ds.name, task, root), doc)
+    src = source.source_from_splits(ds.splits)
+    doc, _ = search.build_split_document(src, ds.name, task, seed=3, min_count=3)
+    files.write_json_atomic(files.ood_json_path(ds.name, task, root), doc)
     return doc
 
 
@@ -133,7 +166,7 @@ def test_apply_ood_serves_rows_by_id(tmp_path, monkeypatch):
     monkeypatch.setenv("MER_BENCH_SPLITS", str(tmp_path))
     ds = _tiny_dataset()
     doc = _write_split(ds, "binary", tmp_path)
-    out = ood.apply_ood(ds, task="binary")
+    out = apply.apply_ood(ds, task="binary")
     assert out.counts() == {"train": 60, "valid": 20, "test": 30}
     by_id = {}
     for s in SPLITS:
@@ -148,26 +181,26 @@ def test_apply_ood_serves_rows_by_id(tmp_path, monkeypatch):
             assert out[s].raw_text[r] == ds[src_s].raw_text[src_r]
             assert np.array_equal(out[s].text_bert[r], ds[src_s].text_bert[src_r])
     assert out.meta["distribution"] == "ood"
-    assert out.meta["ood_split"]["algorithm_version"] == ood.ALGORITHM_VERSION
+    assert out.meta["ood_split"]["algorithm_version"] == search.ALGORITHM_VERSION
 
 
 def test_apply_ood_refuses_missing_or_mismatched(tmp_path, monkeypatch):
     monkeypatch.setenv("MER_BENCH_SPLITS", str(tmp_path))
     ds = _tiny_dataset()
     with pytest.raises(UserError, match="mer-bench split build --dataset tiny --task seven"):
-        ood.apply_ood(ds, task="seven")
+        apply.apply_ood(ds, task="seven")
     _write_split(ds, "seven", tmp_path)
     other = _tiny_dataset(seed=1)  # same ids, different labels/text
     with pytest.raises(UserError, match="built from different data") as e:
-        ood.apply_ood(other, task="seven")
+        apply.apply_ood(other, task="seven")
     assert "\n" not in str(e.value)
     # a file listing an unknown id
-    path = ood.ood_json_path("tiny", "seven", tmp_path)
+    path = files.ood_json_path("tiny", "seven", tmp_path)
     doc = json.loads(path.read_text())
     doc["ids"]["test"][0] = "nope$_$1"
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="nope"):
-        ood.apply_ood(ds, task="seven")
+        apply.apply_ood(ds, task="seven")
 
 
 def test_cli_build_and_check_on_label_csv(tmp_path, capsys):
@@ -215,8 +248,8 @@ def test_synth_source_matches_generated_data(tmp_path):
 
     pkl = synth.synthesize("synth-mosi", scale=0.02, out=tmp_path / "s.pkl")
     ds = read_mmsa_pickle(pkl)
-    from_data = ood.source_from_splits(ds.splits)
-    replayed = ood.synth_source("synth-mosi", scale=0.02, verify=False)
+    from_data = source.source_from_splits(ds.splits)
+    replayed = source.synth_source("synth-mosi", scale=0.02, verify=False)
     assert replayed is not None
     assert replayed.sha256() == from_data.sha256()
     assert np.array_equal(replayed.token_ids, from_data.token_ids)
@@ -224,7 +257,7 @@ def test_synth_source_matches_generated_data(tmp_path):
 
 def test_synth_replay_self_check():
     pytest.importorskip("mer_bench.data.synth")
-    src = ood.synth_source("synth-mosi")  # verify=True: replay checked against real output
+    src = source.synth_source("synth-mosi")  # verify=True: replay checked against real output
     assert src is not None and len(src.ids) == 2199
 
 
@@ -233,33 +266,33 @@ def test_import_published_split_round_trip(tmp_path, monkeypatch):
 
     ds = _tiny_dataset(n=(40, 10, 20), name="pub")
     # a "published" repartition: same samples, moved between splits
-    pooled = ood.source_from_splits(ds.splits)
+    pooled = source.source_from_splits(ds.splits)
     order = np.random.default_rng(1).permutation(len(pooled.ids))
     picks = {"train": order[:40], "valid": order[40:50], "test": order[50:]}
     where = [(s, r) for s in SPLITS for r in range(len(ds[s]))]
-    published = MMDataset(
+    pub = MMDataset(
         "pub", "unaligned",
-        {s: ood._gather(ds.splits, [where[i] for i in picks[s]]) for s in SPLITS},
+        {s: apply._gather(ds.splits, [where[i] for i in picks[s]]) for s in SPLITS},
     )
-    pkl = write_mmsa_pickle(published, tmp_path / "PUB_unaligned_50.pkl")
-    path = ood.import_published_split(pkl, "pub", "binary", out=tmp_path / "splits")
+    pkl = write_mmsa_pickle(pub, tmp_path / "PUB_unaligned_50.pkl")
+    path = published.import_published_split(pkl, "pub", "binary", out=tmp_path / "splits")
     doc = json.loads(path.read_text())
     assert doc["algorithm"] == "imported:cider"
-    assert doc["ids"]["test"] == sorted(published["test"].id.tolist())
+    assert doc["ids"]["test"] == sorted(pub["test"].id.tolist())
     monkeypatch.setenv("MER_BENCH_SPLITS", str(tmp_path / "splits"))
-    served = ood.apply_ood(ds, task="binary")
+    served = apply.apply_ood(ds, task="binary")
     for s in SPLITS:
-        assert sorted(served[s].id.tolist()) == sorted(published[s].id.tolist())
+        assert sorted(served[s].id.tolist()) == sorted(pub[s].id.tolist())
 
 
 def test_synthetic_without_matching_file_is_built_in_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("MER_BENCH_SPLITS", str(tmp_path))
     ds = _tiny_dataset(name="synth-tiny")
-    out = ood.apply_ood(ds, task="binary")  # no file: same algorithm, default seed, in memory
+    out = apply.apply_ood(ds, task="binary")  # no file: same algorithm, default seed, in memory
     assert out.meta["ood_split"]["built_in_memory"] is True
     assert out.counts() == ds.counts()
     _write_split(_tiny_dataset(seed=5, name="synth-tiny"), "binary", tmp_path)  # other data
-    again = ood.apply_ood(ds, task="binary")
+    again = apply.apply_ood(ds, task="binary")
     assert again.meta["ood_split"]["built_in_memory"] is True
     assert all(np.array_equal(again[s].id, out[s].id) for s in SPLITS)
 
@@ -272,7 +305,7 @@ def test_scaled_real_dataset_serves_listed_subset(tmp_path, monkeypatch):
         ds.name, ds.variant, {s: ds[s].subset(np.arange(0, len(ds[s]), 2)) for s in SPLITS},
         meta={"scale": 0.5},
     )
-    out = ood.apply_ood(small, task="binary")
+    out = apply.apply_ood(small, task="binary")
     kept = set().union(*(small[s].id.tolist() for s in SPLITS))
     for s in SPLITS:
         assert out[s].id.tolist() == [v for v in doc["ids"][s] if v in kept]

@@ -43,8 +43,8 @@ def test_realtext_pickle_has_real_ids_and_384d_features(built):
     import torch
 
     torch.set_num_threads(1)
-    from mer_bench.data.cfvocab import wordpiece_vocab
     from mer_bench.data.mmsa import read_mmsa_pickle
+    from mer_bench.splits.vocabulary import wordpiece_vocab
 
     path, sub = built
     assert path.name == "mosi60_minilm_unaligned.pkl"

@@ -59,7 +59,7 @@ def test_format_stats_is_a_table():
 
 
 def _has_load_dataset() -> bool:
-    from mer_bench.data import registry
+    from mer_bench import datasets as registry
 
     return hasattr(registry, "load_dataset")
 

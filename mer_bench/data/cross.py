@@ -16,8 +16,6 @@ Rules (checked by `check_compatible`):
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from mer_bench.data.schema import SEP_ID, MMDataset, Split
@@ -127,45 +125,3 @@ def combine(train: MMDataset, test: MMDataset) -> MMDataset:
         sha256=train.sha256,
         meta=meta,
     )
-
-
-def load_cross(
-    name: str,
-    variant: str = "aligned",
-    task: str = "binary",
-    data_root: str | os.PathLike | None = None,
-    scale: float | None = None,
-) -> MMDataset:
-    """Train/valid from `name`, test from its registry `cross_partner`.
-
-    A pair whose entries have cross releases (`mosi`/`mosei`: CASP's pickles; the embedded
-    sets: their CASP-shaped synthetic twins) uses those; other registered datasets use their
-    iid loaders and must pass `check_compatible`.
-    """
-    from pathlib import Path
-
-    from mer_bench.data.registry import DATASETS
-
-    entry = DATASETS.get(name)
-    partner = entry.cross_partner
-    if not partner:
-        raise UserError(f"dataset {name!r} has no cross-dataset partner; cross scenarios need one")
-    partner_entry = DATASETS.get(partner)
-    root = None if data_root is None else Path(data_root)
-    if entry.cross_loader is not None and partner_entry.cross_loader is not None:
-        if variant != "aligned":
-            raise UserError(
-                f"cross-dataset releases ({name} -> {partner}) are aligned only; use --variant "
-                "aligned"
-            )
-        train = entry.cross_loader(root, scale, False)
-        test = partner_entry.cross_loader(root, scale, True)
-    else:
-        if variant not in entry.variants or variant not in partner_entry.variants:
-            raise UserError(f"cross {name} -> {partner}: variant {variant!r} not available")
-        train = entry.loader(variant, root, scale)
-        test = partner_entry.loader(variant, root, scale)
-    # keep only the partner's test split (its train/valid are released here); `spec` reads
-    # the "train" key, so the test split stands in for all three
-    test.splits = {"train": test["test"], "valid": test["test"], "test": test["test"]}
-    return combine(train, test)

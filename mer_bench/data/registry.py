@@ -1,10 +1,9 @@
 """Dataset registry: `synth-mosi`, `synth-mosei` (embedded) and `mosi`, `mosei` (real files).
 
-`load_dataset(name, variant, distribution, task)` is the only way the harness gets data:
-`iid` is the standard split, `ood` a repartition served from `splits/{name}/{task}/ood.json`
-(or CIDer's published OOD pickles for real data), `cross` trains on one dataset and tests on
-its partner, both from the pair's cross-dataset release (CASP's pickles for real data, a
-CASP-shaped synthetic pair for the embedded sets).
+The registry loads data (`load_iid`: a dataset with its standard split, cached in process) and
+knows each dataset's cross-dataset partner and release. It knows nothing of OOD splits:
+`mer_bench.datasets.load_dataset` applies a split (`mer_bench.splits`) or a cross pairing
+(`mer_bench.data.cross`) to loaded data.
 """
 
 from __future__ import annotations
@@ -198,8 +197,7 @@ DATASETS.register(
 )
 
 
-# ----------------------------------------------------------------------------- load_dataset
-DISTRIBUTIONS = ("iid", "ood", "cross")
+# ----------------------------------------------------------------------------- load_iid
 _CACHE: OrderedDict[tuple, MMDataset] = OrderedDict()
 
 
@@ -226,7 +224,8 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _cached(key: tuple, build: Callable[[], MMDataset]) -> MMDataset:
+def cached(key: tuple, build: Callable[[], MMDataset]) -> MMDataset:
+    """The in-process dataset cache (also holds repartitioned and cross views, by key)."""
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -238,71 +237,41 @@ def _cached(key: tuple, build: Callable[[], MMDataset]) -> MMDataset:
     return ds
 
 
-def _is_path(name: str) -> bool:
+def is_path(name: str) -> bool:
     return name.endswith((".pkl", ".pickle", ".joblib")) or os.sep in name or Path(name).is_file()
 
 
-def load_dataset(
-    name: str,
-    variant: str = "unaligned",
-    distribution: str = "iid",
-    task: str = "binary",
-    data_root: str | os.PathLike | None = None,
-    scale: float | None = None,
-) -> MMDataset:
-    """The one entry point to data: a registered name (or a path to an MMSA pickle), a variant,
-    and a distribution (`iid`, `ood` repartition, `cross` dataset). Results are cached in
-    process, so a grid loads each dataset once; arrays are shared, never copied."""
-    if distribution not in DISTRIBUTIONS:
-        raise UserError(f"unknown distribution {distribution!r}; choose one of: iid, ood, cross")
+def check_variant(variant: str) -> None:
     if variant not in ("aligned", "unaligned"):
         raise UserError(f"unknown variant {variant!r}; choose aligned or unaligned")
-    if task not in ("binary", "seven"):
-        raise UserError(f"unknown task {task!r}; choose binary or seven")
+
+
+def load_iid(
+    name: str,
+    variant: str = "unaligned",
+    data_root: str | os.PathLike | None = None,
+    scale: float | None = None,
+) -> tuple[MMDataset, tuple]:
+    """A registered dataset (or an MMSA pickle path) with its standard split, cached in
+    process; returns it with its cache key (repartitioned views extend that key)."""
+    check_variant(variant)
     root = None if data_root is None else str(data_root)
     scale = None if scale is None or float(scale) == 1.0 else float(scale)
-
-    if name not in DATASETS and _is_path(name):
+    if name not in DATASETS and is_path(name):
         path = Path(name).expanduser()
         if not path.is_file():
             raise UserError(f"{path}: no such dataset file (or register a dataset name)")
         stat = path.stat()
-        file_key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns, scale)
 
         def read_file() -> MMDataset:
             from mer_bench.data.mmsa import read_mmsa_pickle
 
-            return read_mmsa_pickle(path, path.stem, None)
+            return shrink(read_mmsa_pickle(path, path.stem, None), scale)
 
-        if distribution == "cross":
-            raise UserError("the cross distribution needs a registered dataset with a partner")
-        base = _cached((*file_key, scale), lambda: shrink(read_file(), scale))
-        if distribution == "iid":
-            return base
-        from mer_bench.data.ood import apply_ood
-
-        return _cached((*file_key, scale, "ood", task),
-                       lambda: apply_ood(base, task=task, data_root=data_root))
-
+        return cached(key, read_file), key
     entry = DATASETS.get(name)
     if variant not in entry.variants:
         raise UserError(f"dataset {name!r} has no {variant!r} variant; choose {entry.variants}")
-    iid_key = (name, variant, "iid", root, scale)
-    if distribution == "iid":
-        return _cached(
-            iid_key, lambda: entry.loader(variant, None if root is None else Path(root), scale)
-        )
-    if distribution == "ood":
-        from mer_bench.data.ood import apply_ood
-
-        base = _cached(
-            iid_key, lambda: entry.loader(variant, None if root is None else Path(root), scale)
-        )
-        return _cached((name, variant, "ood", task, root, scale),
-                       lambda: apply_ood(base, task=task, data_root=data_root))
-    from mer_bench.data.cross import load_cross
-
-    return _cached(
-        (name, variant, "cross", task, root, scale),
-        lambda: load_cross(name, variant=variant, task=task, data_root=data_root, scale=scale),
-    )
+    key = (name, variant, "iid", root, scale)
+    return cached(key, lambda: entry.loader(variant, None if root is None else Path(root), scale)), key

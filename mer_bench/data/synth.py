@@ -7,9 +7,13 @@ MOSEI's split sizes, feature dims, sequence lengths and class priors, and real s
   counts (round_half_even(clip(y))) and the neg/zero/pos counts, so some labels are exactly 0.
   Valid/test (and any `--scale`) take the same nine-cell proportions, rounded by largest
   remainder;
-- text: sentences over a generated vocabulary (Zipf-like frequencies) of sentiment words with
-  polarity and strength, negators that flip the next sentiment word, neutral filler, and
-  *spurious topic words* whose agreement with the label sign is a per-split knob. Each word is
+- text: sentences over a generated vocabulary of many individually rare sentiment words with
+  polarity and strength (as in real transcripts, sentiment is spread over many words), negators
+  that flip the next sentiment word, neutral filler (Zipf-like), and *spurious topic words*:
+  `n_topics` topics whose label lean is graded (from -1 to 1 times `topic_lean`, shared by all
+  splits, scaled per split by `spurious`), an utterance mixing a main topic with a second one
+  (topics entangled with each other), and topic words that also carry a little sentiment
+  (`topic_sentiment`: entangled with the sentiment words' direction). Each word is
   one WordPiece-like id in [1000, 30522); `text_bert` has [CLS]/[SEP]/padding as MMSA builds it,
   and `raw_text` spells the same words. Text features are the `EmbeddingTableEncoder` vectors
   of the ids, plus a small word-class component (so that, as with BERT features, sentiment is
@@ -50,7 +54,7 @@ from mer_bench.data.schema import CLS_ID, SEP_ID, SPLITS, seven_class, three_cla
 from mer_bench.errors import UserError
 
 DEFAULT_SEED = 20250101
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: graded, entangled topic words (OOD calibration)
 TEXT_LEN = 50
 MIN_PER_SPLIT = 8
 
@@ -84,12 +88,14 @@ PROFILES: dict[str, Profile] = {
         "synth-mosei", (16326, 1871, 4659), (311, 1305, 2039, 6798, 4117, 1549, 207),
         (4738, 3540, 8048), d_audio=74, d_vision=35, len_audio=500, len_vision=500,
         audio_signal_dims=6, vision_signal_dims=4,
-        # MOSEI labels crowd near 0 (42% in [-0.5, 0.5]): words react more to small sentiment
+        # MOSEI labels crowd near 0 (42% in [-0.5, 0.5]): words react more to small sentiment;
+        # shorter utterances with a stronger word-class component keep the OOD probe drop
+        # near the real-data band (benchmarks/calibrate_synth.py)
         knobs=(
             ("text_noise", 0.15), ("polarity_sharpness", 12.0), ("sentiment_base", 0.6),
             ("sentiment_slope", 3.0), ("unique_audio", 0.5), ("unique_vision", 0.5),
             ("audio_noise", 0.6), ("vision_noise", 0.6), ("audio_share", 0.3),
-            ("vision_share", 0.3),
+            ("vision_share", 0.3), ("word_class_gain", 1.4), ("words_median", 7.0),
         ),
     ),
     # CASP-shaped cross-dataset pair (what CIDer's cross setting reads): MMSA-FET features with
@@ -139,10 +145,14 @@ class Knobs:
     sentiment_slope: float = 1.5  # extra sentiment words per unit |sentiment|
     polarity_sharpness: float = 6.0  # P(positive word) = sigmoid(sharpness * sentiment)
     negation_prob: float = 0.1  # a sentiment word is negated (negator + opposite word)
-    # P(topic group agrees with the label sign) = 0.5 + spurious / 2, per split
-    spurious: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    topic_words_mean: float = 1.2
-    word_class_gain: float = 0.35  # sentiment/topic direction added to word vectors
+    # topic k's lean b_k * spurious[split]; P(main topic k | y) ~ exp(b_k tanh(y))
+    spurious: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    topic_lean: float = 2.0  # leans are graded over [-topic_lean, topic_lean]
+    n_topics: int = 24
+    second_topic: float = 0.4  # share of an utterance's topic words from a second topic
+    topic_sentiment: float = 0.3  # each topic word's sentiment component: lean x this
+    topic_words_mean: float = 1.6
+    word_class_gain: float = 0.7  # sentiment/topic directions added to word vectors
     context_mix: float = 0.15  # each token feature mixes in its neighbours
     context_noise: float = 0.05  # per-element contextual noise
     frame_noise: float = 1.0  # AR(1) frame noise sd (in units of the signal loading)
@@ -157,7 +167,7 @@ class Knobs:
 class Vocabulary:
     words: list[str]
     ids: np.ndarray  # (V,) int64 token id of each word
-    kind: list[str]  # positive | negative | negator | topic-a | topic-b | filler
+    kind: list[str]  # positive | negative | negator | topic-<k> | filler
     polarity: np.ndarray  # (V,) -1, 0, +1
     strength: np.ndarray  # (V,) 0..3
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # group -> word indices
@@ -260,7 +270,17 @@ def synth_labels(
 # ----------------------------------------------------------------------------- vocabulary
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "tr")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
-_N_FILLER, _N_PER_STRENGTH, _N_TOPIC, _N_NEGATORS = 700, 20, 24, 3
+_N_FILLER, _N_PER_STRENGTH, _N_TOPIC_WORDS, _N_NEGATORS = 700, 150, 10, 3
+_MAX_TOPICS = 48
+# The most frequent filler words are real English function words and transcript fillers, as in
+# real transcripts: word statistics (OOD splits, CLUE-style) skip them as stop words, while the
+# text features still carry them.
+_STOP_FILLERS = tuple(
+    """the i and it a to that you was of is so um in like uh this just but they he what its
+    we be have on with for my me not do all know about there as really think very one if or
+    at an yeah some would are because then well were his can me been get go had also she
+    really mean thing kind""".split()
+)
 
 
 def _zipf(n: int, a: float = 1.05) -> np.ndarray:
@@ -269,18 +289,21 @@ def _zipf(n: int, a: float = 1.05) -> np.ndarray:
 
 
 def build_vocabulary(seed: int) -> Vocabulary:
-    """Pseudo-words with kinds and WordPiece-like ids, deterministic in `seed`."""
+    """Pseudo-words with kinds and WordPiece-like ids, deterministic in `seed`.
+
+    Sentiment words are equally likely within their group (each rare, as real sentiment
+    vocabulary is); filler and topic words follow Zipf-like frequencies."""
     rng = np.random.default_rng([seed, 0])
     sizes = {
         "filler": _N_FILLER,
         "negator": _N_NEGATORS,
-        "topic-a": _N_TOPIC,
-        "topic-b": _N_TOPIC,
+        **{f"topic-{t}": _N_TOPIC_WORDS for t in range(_MAX_TOPICS)},
         **{f"positive-{s}": _N_PER_STRENGTH for s in (1, 2, 3)},
         **{f"negative-{s}": _N_PER_STRENGTH for s in (1, 2, 3)},
     }
     total = sum(sizes.values())
-    seen: set[str] = set()
+    stop = list(dict.fromkeys(_STOP_FILLERS))
+    seen: set[str] = set(stop)
     words: list[str] = []
     while len(words) < total:
         k = int(rng.integers(1, 4))
@@ -289,6 +312,7 @@ def build_vocabulary(seed: int) -> Vocabulary:
         if w not in seen:
             seen.add(w)
             words.append(w)
+    words[: len(stop)] = stop  # the head of the filler group (its most frequent words)
     ids = rng.choice(np.arange(1000, 30522), size=total, replace=False).astype(np.int64)
     kind: list[str] = []
     polarity = np.zeros(total, dtype=np.int64)
@@ -298,8 +322,9 @@ def build_vocabulary(seed: int) -> Vocabulary:
     start = 0
     for g, n in sizes.items():
         idx = np.arange(start, start + n)
-        groups[g], probs[g] = idx, _zipf(n)
         base = g.split("-")[0]
+        groups[g] = idx
+        probs[g] = np.full(n, 1.0 / n) if base in ("positive", "negative") else _zipf(n)
         kind += [base if base in ("positive", "negative") else g] * n
         if base in ("positive", "negative"):
             polarity[idx] = 1 if base == "positive" else -1
@@ -356,13 +381,7 @@ def _sentences(
         for s in (1, 2, 3):
             sel = is_sent & (surface_pos == sp) & (strength == s)
             words[sel] = _pick(rng, vocab, f"{pol}-{s}", int(sel.sum()))
-    # topic words: group a agrees with a positive label with probability 0.5 + spurious / 2
-    sign = np.sign(y)
-    p_a = 0.5 + 0.5 * spurious * sign
-    group_a = (rng.random(n) < p_a)[:, None] & is_topic
-    words[group_a] = _pick(rng, vocab, "topic-a", int(group_a.sum()))
-    group_b = is_topic & ~group_a
-    words[group_b] = _pick(rng, vocab, "topic-b", int(group_b.sum()))
+    words[is_topic] = _topic_words(y, is_topic, vocab, knobs, spurious, rng)
     words[is_fill] = _pick(rng, vocab, "filler", int(is_fill.sum()))
 
     # shuffle the units of each sentence, then put each negator right before its word
@@ -392,6 +411,37 @@ def _sentences(
     return TextPlan(tokens, n_tok, text_bert, raw)
 
 
+def topic_leans(knobs: Knobs) -> np.ndarray:
+    """Each topic's graded label lean, evenly spread over [-topic_lean, topic_lean] in a fixed
+    interleaved order (neighbouring topics lean differently)."""
+    t = int(knobs.n_topics)
+    if not 1 <= t <= _MAX_TOPICS:
+        raise UserError(f"n_topics must be in 1..{_MAX_TOPICS}, got {t}")
+    grid = np.linspace(-1.0, 1.0, t) if t > 1 else np.zeros(1)
+    order = np.argsort((np.arange(t) * 7) % t, kind="stable")  # deterministic interleave
+    return knobs.topic_lean * grid[order]
+
+
+def _topic_words(y, is_topic, vocab: Vocabulary, knobs: Knobs, spurious: float, rng) -> np.ndarray:
+    """Topic words of each utterance: a main topic drawn with P(k | y) ~ exp(b_k tanh(y)),
+    and a share `second_topic` of its topic words from a second topic drawn the same way."""
+    n = len(y)
+    b = topic_leans(knobs) * spurious
+    logits = b[None, :] * np.tanh(y)[:, None]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    cum = p.cumsum(1)
+    main = (rng.random((n, 1)) > cum).sum(1)
+    second = (rng.random((n, 1)) > cum).sum(1)
+    topic = np.where(rng.random(is_topic.shape) < knobs.second_topic, second[:, None], main[:, None])
+    topic = np.minimum(topic[is_topic], len(b) - 1)
+    out = np.empty(len(topic), dtype=np.int64)
+    for k in np.unique(topic):
+        sel = topic == k
+        out[sel] = _pick(rng, vocab, f"topic-{int(k)}", int(sel.sum()))
+    return out
+
+
 def _text_features(
     plan: TextPlan,
     vocab: Vocabulary,
@@ -404,12 +454,22 @@ def _text_features(
     d = encoder.dim
     # rows: vocabulary words, then [CLS], then [SEP]
     table = encoder.table(np.concatenate([vocab.ids, [CLS_ID, SEP_ID]]))
-    cls_dir, topic_dir, neg_dir = directions
+    cls_dir, neg_dir = directions[0], directions[2]
     g = knobs.word_class_gain
     v, text_len = len(vocab.words), plan.text_bert.shape[2]
     table[:v] += g * (vocab.polarity * vocab.strength / 2.0)[:, None] * cls_dir[None, :]
     kinds = np.asarray(vocab.kind)
-    table[:v] += g * ((kinds == "topic-a").astype(np.float32) - (kinds == "topic-b"))[:, None] * topic_dir
+    topic_of = np.full(v, -1)
+    for t in range(_MAX_TOPICS):
+        topic_of[vocab.groups[f"topic-{t}"]] = t
+    lean = np.zeros(v, dtype=np.float32)
+    is_t = (topic_of >= 0) & (topic_of < len(topic_leans(knobs)))
+    lean[is_t] = topic_leans(knobs)[topic_of[is_t]]
+    # a topic's words share a direction (what a topic is to a sentence encoder), and carry a
+    # little sentiment along the sentiment direction (entangled with the sentiment words)
+    tdirs = directions[3:]
+    table[:v] += g * np.where(is_t[:, None], tdirs[np.maximum(topic_of, 0)], 0.0)
+    table[:v] += g * knobs.topic_sentiment * lean[:, None] * cls_dir[None, :]
     table[:v] += g * (kinds == "negator")[:, None] * neg_dir
     n = len(plan.n_words)
     rows = np.full((n, text_len), -1, dtype=np.int64)
@@ -596,6 +656,8 @@ def _world(
     encoder = EmbeddingTableEncoder(seed=seed, dim=d_text)
     drng = np.random.default_rng([seed, 7])
     directions = drng.standard_normal((3, d_text)).astype(np.float32)
+    topic_dirs = np.random.default_rng([seed, 11]).standard_normal((_MAX_TOPICS, d_text))
+    directions = np.concatenate([directions, topic_dirs.astype(np.float32)])
     directions /= np.linalg.norm(directions, axis=1, keepdims=True) / np.sqrt(d_text) / 0.25
     srng = np.random.default_rng([seed, 8])
     a_style = _style(p.d_audio, p.audio_signal_dims, srng)

@@ -107,7 +107,7 @@ def scenario_stats(
     """Missingness measured on the TEST split of `dataset` (the scenario's distribution decides
     which test split: iid, ood or cross). `scenario` is a full name or a bare mode; `rates`
     replaces the default grid (not for SMM). TMFM/STMFM on unaligned data is a `UserError`."""
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
 
     sc = get_scenario(scenario)
     if rates is not None:

@@ -23,7 +23,7 @@ def measure(
     hparams: dict[str, Any] | None = None,
     epochs: int = 1,
 ) -> dict[str, Any]:
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
     from mer_bench.models import build_model
     from mer_bench.scenarios import get_policy
     from mer_bench.training.validate import check_model_hparams

@@ -276,7 +276,7 @@ def _eval_drops(r: Resolved, point):
 
 
 def _cf_vocab(r: Resolved, ds) -> np.ndarray | None:
-    from mer_bench.data.cfvocab import cf_vocab_ids
+    from mer_bench.splits.vocabulary import cf_vocab_ids
 
     if ds["train"].text_bert is None:
         return None
@@ -409,7 +409,7 @@ def run_cell(cfg: RunConfig, seed: int, results: str, force: bool = False, progr
 
 def identified(cfg: RunConfig, seed: int):
     """The resolved cell with its data's identity, and the data (loaded once per process)."""
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
 
     r = resolve(cfg, seed)
     ds = load_dataset(

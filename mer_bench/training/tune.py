@@ -34,7 +34,7 @@ def tune_cli(
         import optuna
     except ImportError:
         raise UserError("tuning needs the `tune` extra: pip install 'mer-bench[tune]'") from None
-    from mer_bench.data.registry import load_dataset
+    from mer_bench.datasets import load_dataset
     from mer_bench.models import build_model, load_builtin_models
     from mer_bench.scenarios import get_policy, get_scenario
     from mer_bench.scenarios.base import rate_point
