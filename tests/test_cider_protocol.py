@@ -30,7 +30,7 @@ def _poison(split):
 def test_fair_predictions_do_not_depend_on_valid_or_test_labels(model, tmp_path, monkeypatch):
     """One epoch (so early stopping has nothing to choose): every stored score, on test and
     on valid, with and without the counterfactual pass, is identical after poisoning."""
-    import mer_bench.data.registry as registry
+    import mer_bench.datasets as registry
 
     cfg = RunConfig(model=model, scenario="rmfm-iid", **TINY)
     clean = run_cell(cfg, 1111, str(tmp_path / "clean"))

@@ -127,8 +127,9 @@ def test_malformed_sidecar_is_one_line(tmp_path, text):
 
 
 def test_tampered_synthetic_cache_is_detected_and_regenerated(tmp_path, capsys):
-    from mer_bench.data.registry import clear_cache, load_dataset
+    from mer_bench.data.registry import clear_cache
     from mer_bench.data.synth import cache_path, read_sidecar, synthesize
+    from mer_bench.datasets import load_dataset
 
     good = load_dataset("synth-mosi", scale=0.05)
     cached = cache_path("synth-mosi", "unaligned", None, 0.05)
