@@ -18,7 +18,7 @@ Architecture (the paper and the official mdswyz/DiCMoR `trains/singleTask/model/
 - Objective: L1 + 0.1 (NLL_text + NLL_audio + NLL_vision + reconstruction MSE); Adam lr 1e-4,
   micro-batches of 4 accumulated 8 times per step, gradient value clipping 0.6;
   ReduceLROnPlateau(0.5, 5) on the validation loss (`lr_plateau`, through
-  `configure_scheduler`) and validation-loss selection.
+  `BenchModel.configure_scheduler`) and validation-loss selection.
 
 Deliberate differences from the official code, and why:
 - The missing pattern is the harness's masks, never the official per-batch lookup table
@@ -52,7 +52,7 @@ three need the same (d, L).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,6 @@ from baselines.mult import MODALITIES, MulTFusion, ResidualHead, TemporalProject
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.schedules import plateau
 from mer_bench.training.steps import slice_batch
 
 N_PRIORS = 7  # sentiment classes round(y) in -3..3
@@ -166,10 +165,6 @@ class DiCMoR(BenchModel):
     batch_size = 32  # 8 accumulated micro-batches of 4 per step (update_epochs)
     patience = 10  # official early_stop
     lr_plateau: ClassVar[dict[str, float]] = {"factor": 0.5, "patience": 5}  # official
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Official ReduceLROnPlateau on the validation loss."""
-        return plateau(optimizer, self.lr_plateau["factor"], int(self.lr_plateau["patience"]))
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)

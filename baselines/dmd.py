@@ -41,7 +41,7 @@ Deliberate differences from the official code, and why:
   built so the parameter count matches, but, as in the official code, no loss uses them and
   they change no output.
 - ReduceLROnPlateau(0.5, 5) on the validation loss (`lr_plateau`, through
-  `configure_scheduler`); early stopping follows the validation loss (the default `selection`).
+  `BenchModel.configure_scheduler`); early stopping follows the validation loss (the default `selection`).
 
 Parameters (MOSI unaligned, dims (768, 5, 20), lens (50, 375, 500), no text encoder,
 including both distillation kernels): 12,578,232, exactly Table VI of the CIDer paper.
@@ -49,7 +49,7 @@ including both distillation kernels): 12,578,232, exactly Table VI of the CIDer 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,6 @@ from baselines.dlf import hinge_margin_loss, masked_mse, orthogonality_loss
 from baselines.mult import MODALITIES, ResidualHead, TemporalProjection, TransformerEncoder
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.schedules import plateau
 from mer_bench.training.steps import accumulated_step
 
 # The official distillation stacks modalities in the order language, vision, audio.
@@ -161,10 +160,6 @@ class DMD(BenchModel):
     batch_size = 160  # 10 accumulated micro-batches of 16 per step (update_epochs)
     patience = 10  # official early_stop
     lr_plateau: ClassVar[dict[str, float]] = {"factor": 0.5, "patience": 5}  # official
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Official ReduceLROnPlateau on the validation loss."""
-        return plateau(optimizer, self.lr_plateau["factor"], int(self.lr_plateau["patience"]))
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)
