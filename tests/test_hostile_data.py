@@ -18,7 +18,7 @@ from mer_bench.data.mmsa import dataset_from_obj, read_label_csv, split_items, w
 from mer_bench.data.safe_pickle import safe_load
 from mer_bench.data.schema import MMDataset
 from mer_bench.errors import DataError
-from tests.helpers import random_split
+from helpers import random_split
 
 
 def _csv(tmp_path, rows, columns=("video_id", "clip_id", "text", "label", "annotation", "mode")):
