@@ -13,12 +13,12 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import random_split
 
 from mer_bench.data.mmsa import dataset_from_obj, read_label_csv, split_items, write_mmsa_pickle
 from mer_bench.data.safe_pickle import safe_load
 from mer_bench.data.schema import MMDataset
 from mer_bench.errors import DataError
-from helpers import random_split
 
 
 def _csv(tmp_path, rows, columns=("video_id", "clip_id", "text", "label", "annotation", "mode")):

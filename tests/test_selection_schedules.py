@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import DIMS, LENS, random_split
 from torch import nn
 
 from mer_bench.data.schema import DataSpec, three_class
@@ -16,7 +17,6 @@ from mer_bench.scenarios.base import rate_point
 from mer_bench.training.schedules import plateau
 from mer_bench.training.selection import selection_key
 from mer_bench.training.trainer import TrainSettings, train
-from helpers import DIMS, LENS, random_split
 
 torch.set_num_threads(1)
 SPEC = DataSpec(dims=DIMS, lens=LENS, aligned=False, has_text_ids=True)
