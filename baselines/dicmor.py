@@ -59,7 +59,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.flows import Glow, ZeroLinear, gaussian_log_p
-from baselines.mult import MODALITIES, MulTFusion, ResidualHead, TemporalProjection
+from baselines.mult import (
+    MODALITIES,
+    MULT_MOSI_BLOCK,
+    MulTFusion,
+    ResidualHead,
+    TemporalProjection,
+)
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
@@ -135,23 +141,11 @@ class DiCMoR(BenchModel):
     # mdswyz/DiCMoR config/config.json "dicmor" -> datasetParams.mosi (attn_mask true,
     # update_epochs 8, early_stop 10); flow and RCAN sizes from model/dicmor.py.
     defaults = {
+        **MULT_MOSI_BLOCK,
         "d_model": 32,
         "num_heads": 8,
         "layers": 4,
         "mem_layers": 3,
-        "kernel_text": 5,
-        "kernel_audio": 5,
-        "kernel_vision": 5,
-        "attn_dropout": 0.3,
-        "attn_dropout_a": 0.2,
-        "attn_dropout_v": 0.0,
-        "relu_dropout": 0.0,
-        "res_dropout": 0.0,
-        "embed_dropout": 0.2,
-        "text_dropout": 0.5,
-        "output_dropout": 0.5,
-        "causal_mask": True,
-        "grad_clip": 0.6,
         "micro_batch": 4,
         "n_flow": 32,
         "flow_hidden": 64,

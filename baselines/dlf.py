@@ -58,6 +58,7 @@ from torch import nn
 
 from baselines.mult import (
     MODALITIES,
+    MULT_MOSI_BLOCK,
     ResidualHead,
     TemporalProjection,
     TransformerEncoder,
@@ -122,22 +123,10 @@ class DLF(BenchModel):
     # pwang322/DLF config/config.json, "DLF" -> datasetParams.mosi (attn_mask true,
     # update_epochs 10, early_stop 10); loss weights from trains/singleTask/DLF.py.
     defaults = {
+        **MULT_MOSI_BLOCK,
         "d_model": 50,
         "num_heads": 10,
         "layers": 2,
-        "kernel_text": 5,
-        "kernel_audio": 5,
-        "kernel_vision": 5,
-        "attn_dropout": 0.3,
-        "attn_dropout_a": 0.2,
-        "attn_dropout_v": 0.0,
-        "relu_dropout": 0.0,
-        "res_dropout": 0.0,
-        "embed_dropout": 0.2,
-        "text_dropout": 0.5,
-        "output_dropout": 0.5,
-        "causal_mask": True,
-        "grad_clip": 0.6,
         "micro_batch": 16,
         "w_lang": 3.0,
         "w_aux": 0.1,

@@ -56,7 +56,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.dlf import hinge_margin_loss, masked_mse, orthogonality_loss
-from baselines.mult import MODALITIES, ResidualHead, TemporalProjection, TransformerEncoder
+from baselines.mult import (
+    MODALITIES,
+    MULT_MOSI_BLOCK,
+    ResidualHead,
+    TemporalProjection,
+    TransformerEncoder,
+)
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
 from mer_bench.training.steps import accumulated_step
@@ -131,22 +137,10 @@ class DMD(BenchModel):
     # update_epochs 10, early_stop 10); distillation settings from run.py; loss weights
     # from trains/singleTask/DMD.py.
     defaults = {
+        **MULT_MOSI_BLOCK,
         "d_model": 50,
         "num_heads": 10,
         "layers": 4,
-        "kernel_text": 5,
-        "kernel_audio": 5,
-        "kernel_vision": 5,
-        "attn_dropout": 0.3,
-        "attn_dropout_a": 0.2,
-        "attn_dropout_v": 0.0,
-        "relu_dropout": 0.0,
-        "res_dropout": 0.0,
-        "embed_dropout": 0.2,
-        "text_dropout": 0.5,
-        "output_dropout": 0.5,
-        "causal_mask": True,
-        "grad_clip": 0.6,
         "micro_batch": 16,
         "gd_size_homo": 64,
         "gd_size_hetero": 32,

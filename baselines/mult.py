@@ -330,6 +330,25 @@ class MulTFusion(nn.Module):
 
 
 # --- the model ----------------------------------------------------------------------------
+# The MulT family's MOSI block settings (MMSA's "mult" datasetParams.mosi); DLF, DMD and DiCMoR
+# use the same values in their official MOSI configurations.
+MULT_MOSI_BLOCK: dict[str, float | bool] = {
+    "kernel_text": 5,
+    "kernel_audio": 5,
+    "kernel_vision": 5,
+    "attn_dropout": 0.3,
+    "attn_dropout_a": 0.2,
+    "attn_dropout_v": 0.0,
+    "relu_dropout": 0.0,
+    "res_dropout": 0.0,
+    "embed_dropout": 0.2,
+    "text_dropout": 0.5,
+    "output_dropout": 0.5,
+    "causal_mask": True,
+    "grad_clip": 0.6,
+}
+
+
 @register_model("mult", "MulT cross-modal transformer (Tsai et al. 2019, MMSA config), regression")
 class MulT(BenchModel):
     """MulT cross-modal transformer (Tsai et al. 2019) with MMSA's MOSI configuration."""
@@ -343,24 +362,12 @@ class MulT(BenchModel):
     # MMSA src/MMSA/config/config_regression.json, "mult" -> datasetParams.mosi (attn_mask:
     # true in commonParams; update_epochs 8). `positions` from the original MulT code.
     defaults = {
+        **MULT_MOSI_BLOCK,
         "d_model": 50,
         "num_heads": 10,
         "layers": 4,
         "mem_layers": 3,
-        "kernel_text": 5,
-        "kernel_audio": 5,
-        "kernel_vision": 5,
-        "attn_dropout": 0.3,
-        "attn_dropout_a": 0.2,
-        "attn_dropout_v": 0.0,
-        "relu_dropout": 0.0,
-        "res_dropout": 0.0,
-        "embed_dropout": 0.2,
-        "text_dropout": 0.5,
-        "output_dropout": 0.5,
-        "causal_mask": True,
         "positions": True,
-        "grad_clip": 0.6,
         "micro_batch": 16,
         "plateau_factor": 0.1,  # MMSA trains/singleTask/MULT.py
         "plateau_patience": 5,  # MMSA "patience" (mosi)
