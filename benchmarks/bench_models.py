@@ -43,7 +43,10 @@ def child(a: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from mer_bench.datasets import load_dataset
+    try:
+        from mer_bench.datasets import load_dataset
+    except ImportError:  # the code before stop 10 kept it in the registry
+        from mer_bench.data.registry import load_dataset
     from mer_bench.models import build_model
     from mer_bench.scenarios import get_policy, get_scenario
     from mer_bench.training.trainer import TrainSettings, predict, seed_torch, train
