@@ -17,8 +17,8 @@ Architecture (the paper and the official mdswyz/DiCMoR `trains/singleTask/model/
   last steps concatenated (6d), MulT's residual head, one regression output.
 - Objective: L1 + 0.1 (NLL_text + NLL_audio + NLL_vision + reconstruction MSE); Adam lr 1e-4,
   micro-batches of 4 accumulated 8 times per step, gradient value clipping 0.6;
-  ReduceLROnPlateau(0.5, 5) on the validation loss (`lr_plateau`, through
-  `BenchModel.configure_scheduler`) and validation-loss selection.
+  ReduceLROnPlateau(0.5, 5) on the validation loss (`plateau_factor`,
+  `plateau_patience`, through `BenchModel.configure_scheduler`) and validation-loss selection.
 
 Deliberate differences from the official code, and why:
 - The missing pattern is the harness's masks, never the official per-batch lookup table
@@ -51,8 +51,6 @@ three need the same (d, L).
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +140,8 @@ class DiCMoR(BenchModel):
     # update_epochs 8, early_stop 10); flow and RCAN sizes from model/dicmor.py.
     defaults = {
         **MULT_MOSI_BLOCK,
+        "plateau_factor": 0.5,  # official ReduceLROnPlateau on the validation loss
+        "plateau_patience": 5,
         "d_model": 32,
         "num_heads": 8,
         "layers": 4,
@@ -158,7 +158,6 @@ class DiCMoR(BenchModel):
     lr = 1e-4  # official MOSI learning_rate
     batch_size = 32  # 8 accumulated micro-batches of 4 per step (update_epochs)
     patience = 10  # official early_stop
-    lr_plateau: ClassVar[dict[str, float]] = {"factor": 0.5, "patience": 5}  # official
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)

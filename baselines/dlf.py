@@ -50,8 +50,6 @@ grow with the unaligned lengths; at aligned shapes (lens 50/50/50) the official 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +63,6 @@ from baselines.mult import (
 )
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.schedules import plateau
 from mer_bench.training.steps import accumulated_step
 
 
@@ -268,9 +265,4 @@ class DLF(BenchModel):
 
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         return accumulated_step(self, corrupted, optimizer, self.losses, **self.step_options())
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Official ReduceLROnPlateau on the validation loss."""
-        h = self.hparams
-        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])
 

@@ -40,16 +40,14 @@ Deliberate differences from the official code, and why:
 - `proj_cosine_*` (three flattened linears, 2,282,650 parameters at MOSI unaligned shapes) are
   built so the parameter count matches, but, as in the official code, no loss uses them and
   they change no output.
-- ReduceLROnPlateau(0.5, 5) on the validation loss (`lr_plateau`, through
-  `BenchModel.configure_scheduler`); early stopping follows the validation loss (the default `selection`).
+- ReduceLROnPlateau(0.5, 5) on the validation loss (`plateau_factor`,
+  `plateau_patience`, through `BenchModel.configure_scheduler`); early stopping follows the validation loss (the default `selection`).
 
 Parameters (MOSI unaligned, dims (768, 5, 20), lens (50, 375, 500), no text encoder,
 including both distillation kernels): 12,578,232, exactly Table VI of the CIDer paper.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +136,8 @@ class DMD(BenchModel):
     # from trains/singleTask/DMD.py.
     defaults = {
         **MULT_MOSI_BLOCK,
+        "plateau_factor": 0.5,  # official ReduceLROnPlateau on the validation loss
+        "plateau_patience": 5,
         "d_model": 50,
         "num_heads": 10,
         "layers": 4,
@@ -153,7 +153,6 @@ class DMD(BenchModel):
     lr = 1e-4  # official MOSI learning_rate
     batch_size = 160  # 10 accumulated micro-batches of 16 per step (update_epochs)
     patience = 10  # official early_stop
-    lr_plateau: ClassVar[dict[str, float]] = {"factor": 0.5, "patience": 5}  # official
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)

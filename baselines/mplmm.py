@@ -60,8 +60,6 @@ at our shapes has 1,085,251.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,7 +73,6 @@ from baselines.mult import (
 from cider.compat import expand_compat
 from mer_bench.data.batch import Batch
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.schedules import plateau
 
 
 def droppable(batch: Batch, modality: str) -> torch.Tensor:
@@ -247,9 +244,4 @@ class MPLMM(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"clip_norm": self.hparams["grad_clip_norm"]}
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Official ReduceLROnPlateau on the validation loss."""
-        h = self.hparams
-        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])
 

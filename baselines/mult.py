@@ -40,7 +40,6 @@ have no parameters). 192,000 of them are the 768 -> 50 text convolution, 1,456,2
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +49,6 @@ from baselines.common import attention
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
-from mer_bench.training.schedules import plateau
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -406,8 +404,3 @@ class MulT(BenchModel):
 
     def step_options(self) -> dict[str, float]:
         return {"micro_batch": self.hparams["micro_batch"], "clip_value": self.hparams["grad_clip"]}
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Official ReduceLROnPlateau on the validation loss."""
-        h = self.hparams
-        return plateau(optimizer, h["plateau_factor"], h["plateau_patience"])

@@ -58,8 +58,6 @@ class BenchModel(nn.Module):
     # validation `selection_loss`, as the official codes; "headline" = the headline metric,
     # ties broken by the loss (CIDer)
     selection: ClassVar[str] = "loss"
-    # the official ReduceLROnPlateau on the validation loss, e.g. {"factor": 0.5, "patience": 5}
-    lr_plateau: ClassVar[dict[str, float] | None] = None
     # official behaviours reachable with `--compat` (name -> what it restores)
     compat_switches: ClassVar[dict[str, str]] = {}
     # where `defaults` come from (recorded as `hparams_source`; CIDer's were chosen on test)
@@ -114,12 +112,14 @@ class BenchModel(nn.Module):
         """The official learning-rate schedule, or None. Built after `start_epoch(0, epochs)`,
         so `self.epochs_budget` is the run's budget; stepped once per epoch after validation
         (`ReduceLROnPlateau` with the validation `selection_loss`). The default is the
-        plateau schedule a class declares in `lr_plateau` (factor, patience), else none."""
-        if self.lr_plateau is None:
+        official plateau schedule of a model whose hyper-parameters have `plateau_factor` and
+        `plateau_patience` (so they are recorded and tunable), else none."""
+        h = self.hparams
+        if "plateau_factor" not in h:
             return None
         from mer_bench.training.schedules import plateau
 
-        return plateau(optimizer, self.lr_plateau["factor"], int(self.lr_plateau["patience"]))
+        return plateau(optimizer, h["plateau_factor"], int(h["plateau_patience"]))
 
     def objective(self, batch: Batch, out: ModelOutput) -> dict[str, torch.Tensor]:
         """Terms of the training objective for `out = self(batch)`: "task" (the loss on

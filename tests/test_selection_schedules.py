@@ -110,7 +110,8 @@ def test_plateau_schedules_step_on_the_validation_loss():
 
 
 @pytest.mark.parametrize(
-    "name, factor, patience", [("mult", 0.1, 5), ("dlf", 0.5, 5), ("mplmm", 0.1, 10)]
+    "name, factor, patience",
+    [("mult", 0.1, 5), ("dlf", 0.5, 5), ("mplmm", 0.1, 10), ("dmd", 0.5, 5)],
 )
 def test_official_plateau_schedules(name, factor, patience):
     model = build_model(name, SPEC, "binary", d_model=8, num_heads=2, layers=1)
