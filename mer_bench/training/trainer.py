@@ -116,14 +116,12 @@ def predict(
 
 
 def score(model_output: str, task: str, scores: np.ndarray, split: Split) -> dict[str, float]:
-    """Metrics of one prediction set through the scorer path matching the model's output."""
-    from mer_bench.metrics import classification_metrics, regression_metrics
+    """Metrics of one prediction set on a split: the scoring stage's rule
+    (`mer_bench.scoring.metrics_of`) with the split's labels."""
+    from mer_bench.scoring import metrics_of
 
-    if model_output == "regression":
-        return regression_metrics(scores.reshape(-1), split.regression_labels)
-    if task == "binary":
-        return classification_metrics(scores, split.classification_labels)
-    return classification_metrics(None, None, logits7=scores, labels7=split.labels("seven"))
+    return metrics_of(model_output, task, scores,
+                      {"y_reg": split.regression_labels, "labels": split.labels(task)})
 
 
 @torch.no_grad()
