@@ -27,7 +27,6 @@ from mer_bench.training.keys import data_identity, dataset_slug, model_code_vers
 from mer_bench.training.progress import grid_bar
 from mer_bench.training.selection import describe as describe_selection
 from mer_bench.training.trainer import (
-    TRAINER_VERSION,
     TrainResult,
     TrainSettings,
     predict,
@@ -110,7 +109,6 @@ class Resolved:
             "hparams": self.hparams,
             "one_to_one_point": point_label,
             "one_to_one_mode": self.scenario.mode.name if point_label is not None else None,
-            "trainer_version": TRAINER_VERSION,
             "data": self.data,
             "code": model_code_version(c.model),
             **({"text_encoder": self.text_encoder} if self.text_encoder else {}),

@@ -25,9 +25,6 @@ from mer_bench.scenarios.base import Drops, GridPoint, Lengths, apply_drops
 from mer_bench.training.selection import selection_key
 from mer_bench.training.steps import spans
 
-# bumped when selection or schedules change what a training produces (part of the train key)
-TRAINER_VERSION = 2
-
 # (ids, lengths, epoch) -> drops for one training batch
 TrainDrops = Callable[[Sequence[str], Lengths, int], Drops]
 # (ids, lengths) -> drops for one evaluation batch
