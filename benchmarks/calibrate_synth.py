@@ -64,8 +64,8 @@ def evaluate(ds, task: str = "binary") -> dict:
 
 def evaluate_cross(name: str, scale: float | None) -> dict:
     """Probe table of `name`'s cross twin: its IID split and the cross partition."""
-    from mer_bench.datasets import load_cross
     from mer_bench.data.registry import DATASETS
+    from mer_bench.datasets import load_cross
 
     twin = DATASETS.get(name).cross_loader(None, scale, False)
     cross = load_cross(name, scale=scale)
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(res: dict, other: str) -> None:
-    print(f"{'features':<10}{'IID Non0_acc_2':>16}{'Acc_7':>8}{other + ' Non0_acc_2':>16}{'Acc_7':>8}"
+    print(f"{'features':<10}{'IID Non0_acc_2':>16}{'Acc_7':>8}{other + ' Non0_acc_2':>18}{'Acc_7':>8}"
           f"{'drop':>7}   (test; linear classifier, mean-pooled)")
     for name, r in res.items():
         (i2, i7), (o2, o7) = r["iid"], r["ood"]
-        print(f"{name:<10}{i2:>16.3f}{i7:>8.3f}{o2:>16.3f}{o7:>8.3f}{100 * (i2 - o2):>7.1f}")
+        print(f"{name:<10}{i2:>16.3f}{i7:>8.3f}{o2:>18.3f}{o7:>8.3f}{100 * (i2 - o2):>7.1f}")
 
 
 if __name__ == "__main__":

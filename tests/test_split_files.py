@@ -169,6 +169,23 @@ def test_version_1_files_still_load_and_record_their_version(built):
     assert search.ALGORITHM_VERSION == "2.0" and search.DEFAULT_STRENGTH == 0.9
 
 
+def test_default_strength_is_per_dataset_and_recorded(built):
+    """synth-mosei's calibrated default (0.7) is used when no strength is given, and recorded;
+    an explicit strength wins; other datasets keep DEFAULT_STRENGTH."""
+    ds, _, _ = built
+    src = source.source_from_splits(ds.splits)
+    assert search.parse_strength(None, "mosi") == search.DEFAULT_STRENGTH
+    assert search.parse_strength(None, "synth-mosei") == search.DATASET_STRENGTH["synth-mosei"]
+    assert search.parse_strength("0.3", "synth-mosei") == 0.3
+    doc, _ = search.build_split_document(src, "synth-mosei", "binary", 1111, min_count=3)
+    assert doc["params"]["strength"] == search.DATASET_STRENGTH["synth-mosei"] != 0.9
+    doc, _ = search.build_split_document(src, "tiny", "binary", 1111, min_count=3)
+    assert doc["params"]["strength"] == search.DEFAULT_STRENGTH
+    root = Path(__file__).resolve().parents[1]
+    committed = json.loads((root / "splits/synth-mosei/binary/ood.json").read_text())
+    assert committed["params"]["strength"] == search.DATASET_STRENGTH["synth-mosei"]
+
+
 @pytest.mark.slow
 def test_installed_wheel_finds_shipped_splits_and_builds_outside_the_package(tmp_path):
     """Build the wheel, install it under a fresh prefix (no checkout on the path), and run the
