@@ -222,17 +222,34 @@ def test_run_records_text_path_and_reports_keep_paths_apart(tiny_bert, seen_ids,
         assert len(pd.read_csv(tmp_path / "tables" / t, index_col=0)) == 1
     preds = Store(tmp_path).load_predictions(enc["run_id"])
     assert preds["scores@1.0"].shape == (len(preds["labels"]), 3)
+    # figures too: each text path its own curves and joint scatter, under safe file names
+    from mer_bench.cli import main
+    from mer_bench.results.curves import write_plots
+
+    names = [p.name for p in write_plots(tmp_path, n_boot=20)]
+    tag = f"_text-{os.path.basename(tiny_bert)}_"
+    for kind in ("curve_", "joint_"):
+        ours = [n for n in names if n.startswith(kind)]
+        assert any(tag in n for n in ours) and any(tag not in n for n in ours)
+    assert not any(c in n for n in names for c in " []/")
+    assert main(["plot", "--results", str(tmp_path), "--text-encoder", "minilm"]) == 2
 
 
 # (model, extra CLI arguments): enough updates at --scale 0.05 (64 training samples) for the
 # encoder to move: EMT-DLFR accumulates 4 batches per update, LNLN's first epoch has lr 0
 # (aligned data and small widths keep each run to seconds)
-_EMT_HP = ["--hp", "d_model=16", "--hp", "heads=2", "--hp", "fusion_layers=1"]
+LNLN_TINY = {"hidden": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}
+
+
+def _hp_args(hp: dict) -> list[str]:
+    return [a for k, v in hp.items() for a in ("--hp", f"{k}={v}")]
+
+
+_EMT_HP = _hp_args({"d_model": 16, "heads": 2, "fusion_layers": 1})
 ENTRY_RUNS = {
     "emt_dlfr_all": ["--batch-size", "16", *_EMT_HP],
     "emt_dlfr": ["--batch-size", "16", "--rates", "0.5", *_EMT_HP],
-    "lnln": ["--epochs", "2", "--hp", "hidden=16", "--hp", "heads=2", "--hp", "dim_head=8",
-             "--hp", "mlp_dim=16"],
+    "lnln": ["--epochs", "2", *_hp_args(LNLN_TINY)],
 }
 
 
@@ -304,3 +321,37 @@ def test_cli_run_with_minilm_in_the_loop(model, seen_ids, tmp_path, monkeypatch)
         assert (ids == MASK_ID).any()
     (rec,) = Store(tmp_path).records()
     assert rec["text_path"] == "minilm" and rec["model"] == model
+
+
+def test_complexity_measures_with_the_encoder_in_the_loop(tiny_bert, seen_ids, monkeypatch):
+    """`mer-bench complexity --text-encoder` times training as `run` does; the count excludes
+    the encoder (Table VI) and reports it apart; `$MER_BENCH_TEXT_ENCODER` is the default."""
+    from mer_bench.training.complexity import measure
+
+    tiny = dict(variant="aligned", scale=0.05, device="cpu", hparams=LNLN_TINY)
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    fixed = measure("lnln", **tiny)
+    assert (fixed["text_path"], fixed["text_encoder_parameters"]) == ("fixed-features", 0)
+    assert not seen_ids
+    monkeypatch.setenv("MER_BENCH_TEXT_ENCODER", tiny_bert)
+    enc = measure("lnln", **tiny)
+    assert enc["text_path"] == tiny_bert
+    assert enc["text_encoder_parameters"] == sum(p.numel() for p in InLoopEncoder(tiny_bert).parameters())
+    assert (torch.cat([x.flatten() for x in seen_ids]) == UNK_ID).any()  # trained on corrupted ids
+    assert measure("lnln", text_encoder="none", **tiny)["text_path"] == "fixed-features"
+
+
+def test_tune_trials_fine_tune_the_encoder(tiny_bert, seen_ids, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import json
+
+    from mer_bench.cli import main
+
+    monkeypatch.delenv("MER_BENCH_TEXT_ENCODER", raising=False)
+    code = main(["tune", "--model", "cider", "--variant", "aligned", "--scale", "0.05", "--trials", "1",
+                 "--epochs", "1", "--results", str(tmp_path), "--text-encoder", tiny_bert])
+    assert code == 0
+    (best,) = (tmp_path / "tune").glob("*_best.json")
+    assert best.name.endswith(f"_text-{os.path.basename(tiny_bert)}_best.json")
+    assert json.loads(best.read_text())["text_path"] == tiny_bert
+    assert (torch.cat([x.flatten() for x in seen_ids]) == UNK_ID).any()
