@@ -26,17 +26,24 @@ official grouping (the complete view's L1 sits inside the attraction term), weig
 Gradients are accumulated over `update_epochs` = 4 batches of 32 as the official trainer
 does; a partial group at the end of an epoch is discarded, as there.
 
+Text input. By default the fixed pre-extracted BERT token features (`batch.text`): the
+utterance vector is the [CLS] feature (position 0) and the local features are the word tokens
+between [CLS] and [SEP] (official lengths exclude both). With fixed features the [CLS] vector
+was computed from the complete sentence and is never dropped, so text is less hurt by missing
+tokens than in the paper (recorded by the harness as `text_missing=zero-feature`). Without
+token ids (no specials) the utterance vector is the masked mean of the token features and all
+valid tokens are local features. With `--text-encoder` (`mer_bench/textpath.py`) the harness
+fine-tunes a BERT-family encoder in the loop as officially: `batch_entries = ("losses",)` makes
+both views of `losses` (complete and incomplete) the encoder's states of their own ids
+([UNK] for dropped tokens); the text reconstruction target is the complete view's states,
+detached as officially (`text_for_recon`). Encoder optimisation is the official MOSI one
+(config_regression.py, `learning_rate_bert` 5e-5, `weight_decay_bert` 1e-3, no decay on
+biases and LayerNorm weights; MOSEI uses 2e-5), inside the model's Adam.
+
 Simplified, and why:
-- Text is the fixed pre-extracted BERT token features (`batch.text`), not a fine-tuned BERT
-  on corrupted ids; the utterance vector is the [CLS] feature (position 0) and the local
-  features are the word tokens between [CLS] and [SEP] (official lengths exclude both). With
-  fixed features the [CLS] vector was computed from the complete sentence and is never
-  dropped, so text is less hurt by missing tokens than in the paper (recorded by the harness
-  as `text_missing=zero-feature`). Without token ids (no specials) the utterance vector is
-  the masked mean of the token features and all valid tokens are local features.
 - Fixed sinusoidal positions only (the official default; the learnable option is omitted).
 - The official per-group optimiser (audio/video/other learning rates and weight decays) is
-  kept; the BERT groups do not exist. Selection (the harness's, on validation) follows the
+  kept; the BERT groups exist only with `--text-encoder` (added by the harness). Selection (the harness's, on validation) follows the
   official total validation loss (`selection_loss`: every term, both views being the
   validation batch; at a one-to-one training rate the complete view is not shown to
   selection, so the restoration term compares with the incomplete input).
@@ -315,6 +322,11 @@ class EMTDLFR(BenchModel):
     batch_size = 32  # official MOSI batch; x update_epochs = 128 samples per update
     max_epochs = 200  # official: no cap, early stop only
     patience = 8  # official 'early_stop'
+    # official MOSI BERT fine-tuning (learning_rate_bert, weight_decay_bert), used by --text-encoder
+    text_lr = 5e-5
+    text_weight_decay = 1e-3
+    # both views are encoded inside `losses`: the text path encodes its batches there too
+    batch_entries = ("losses",)
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)
@@ -430,7 +442,7 @@ class EMTDLFR(BenchModel):
             z_full, z_miss = proj(full[key]), proj(miss[key])
             attra = attra + 0.5 * (_simsiam(pred(z_miss), z_full) + _simsiam(pred(z_full), z_miss))
         # Low level: restore the dropped valid positions from the incomplete view.
-        _, clean_tokens, _ = self._text(clean)
+        clean_tokens = self._text(clean)[1].detach()  # official stop-gradient on the target
         missing_t = corrupted.missing_text[:, 1:] if self.use_cls else corrupted.missing_text
         targets = (clean_tokens, clean.audio, clean.vision)
         masks = (missing_t, corrupted.missing_audio, corrupted.missing_vision)

@@ -31,11 +31,19 @@ fractions of the run's epoch budget (linear warm-up over the first 10% starting 
 cosine over the remaining 90%), is built in `configure_scheduler` from the budget the trainer
 passes (`--epochs`), so a short run still reaches the peak learning rate (epoch 1 of 8).
 
+Text input. By default the fixed pre-extracted BERT token features (`batch.text`, D_t from
+the spec); LNLN officially fine-tunes bert-base-uncased on [UNK]-corrupted ids. With fixed
+features a dropped token's vector is zeroed and the kept tokens' (and [CLS]'s) vectors were
+computed from the complete sentence, so text degrades less than in the paper. With
+`--text-encoder` (`mer_bench/textpath.py`) the harness fine-tunes a BERT-family encoder in
+the loop as officially: `batch_entries = ("losses",)` makes the incomplete pass and the
+complete view's extraction (reconstruction target, discriminator input, both with gradient
+as officially) read the encoder's states of their own ids. The official code trains BERT in
+the model's single AdamW (train.py: lr 1e-4, weight decay 1e-4 on every parameter, under
+the warm-up/cosine schedule), hence `text_lr = 1e-4`, `text_weight_decay = 1e-4` and
+`text_no_decay = ()`.
+
 Simplified, and why:
-- Text is the fixed pre-extracted BERT token features (`batch.text`, D_t from the spec);
-  LNLN officially fine-tunes bert-base-uncased on [UNK]-corrupted ids. With fixed features a
-  dropped token's vector is zeroed and the kept tokens' (and [CLS]'s) vectors were computed
-  from the complete sentence, so text degrades less than in the paper.
 - Padding is masked out of attention (`mask_padding=True`); the official code attends over
   padded frames. Set `mask_padding=False` to reproduce that. Parameter counts are unchanged.
 - Training corruption: officially each sample's rate is drawn per epoch (half U(0, 1), half
@@ -259,6 +267,12 @@ class LNLN(BenchModel):
     batch_size = 64
     max_epochs = 200
     patience = 200  # official: no early stopping
+    # official BERT fine-tuning: the same AdamW group as the rest (train.py), used by --text-encoder
+    text_lr = 1e-4
+    text_weight_decay = 1e-4
+    text_no_decay: tuple[str, ...] = ()
+    # the incomplete and complete views are encoded inside `losses`
+    batch_entries = ("losses",)
 
     def __init__(self, spec, task, **hp) -> None:
         super().__init__(spec, task, **hp)

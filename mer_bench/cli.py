@@ -295,6 +295,11 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_plot(a: argparse.Namespace) -> None:
     from mer_bench.results.curves import write_plots
 
+    if a.text_encoder is not None:
+        raise UserError("plot reads the store and already draws each text path in its own "
+                        "figures (`dataset [text NAME]`); --text-encoder belongs to run, grid, tune "
+                        "and complexity")
+
     for path in write_plots(a.results, out=a.out, n_boot=a.bootstrap):
         print(path)
 
@@ -325,6 +330,7 @@ def cmd_complexity(a: argparse.Namespace) -> None:
             scale=a.scale,
             hparams=_hparams(a.hp),
             epochs=a.epochs,
+            text_encoder=a.text_encoder,
         )
     )
 
@@ -346,6 +352,7 @@ def cmd_tune(a: argparse.Namespace) -> None:
             device=a.device,
             data_root=a.data_root,
             scale=a.scale,
+            text_encoder=a.text_encoder,
         )
     )
 
@@ -363,6 +370,14 @@ def _common_data(p: argparse.ArgumentParser, dataset_default: str | None = "synt
     p.add_argument("--variant", default="unaligned", choices=["aligned", "unaligned"])
     p.add_argument("--data-root", default=None, help="root of real data (else $MER_BENCH_DATA)")
     p.add_argument("--scale", type=_scale, default=None, help="shrink a dataset, in (0, 1]")
+
+
+def _text_encoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--text-encoder", default=None,
+        help="minilm or a local BERT-family directory in the loop, fed the corrupted ids "
+        "(default $MER_BENCH_TEXT_ENCODER, else fixed text features; 'none' forces them)",
+    )
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -384,11 +399,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hp", action="append", help="model hyper-parameter NAME=VALUE (repeatable)")
     p.add_argument("--compat", default=None, help="official behaviours, e.g. official or a,b")
     p.add_argument("--ablate", default=None, help="ablation switches, comma-separated")
-    p.add_argument(
-        "--text-encoder", default=None,
-        help="minilm or a local BERT-family directory in the loop, fed the corrupted ids "
-        "(default $MER_BENCH_TEXT_ENCODER, else fixed text features; 'none' forces them)",
-    )
+    _text_encoder_arg(p)
     p.add_argument("--hp-from", default=None, help="tuned:PATH, a `mer-bench tune` *_best.json")
     p.add_argument("--results", default="results", help="results store directory")
     p.add_argument(
@@ -500,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--out", default=None)
     p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--text-encoder", default=None, help=argparse.SUPPRESS)  # refused: see cmd_plot
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="paired tests: two models of a store, or two stores")
@@ -519,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--hp", action="append")
     p.add_argument("--epochs", type=_count(100_000), default=1, help="epochs to time")
+    _text_encoder_arg(p)
     p.set_defaults(func=cmd_complexity)
 
     p = sub.add_parser("tune", help="Optuna search on validation only (extra `tune`)")
@@ -531,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--results", default="results")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _text_encoder_arg(p)
     p.set_defaults(func=cmd_tune)
     return ap
 

@@ -17,8 +17,15 @@ for any model, outside the model code:
 - `prepare` sees the training split's text encoded by the pre-trained encoder, so class
   statistics (MACI's confounders) live in the same space.
 
-A model whose training passes bypass `model(batch)` (EMT-DLFR's and LNLN's `_encode`) would
-train without the encoder; the first training step detects that and refuses in one line.
+A model whose training passes do not all go through `model(batch)` names its other entry points
+in the class attribute `batch_entries` (EMT-DLFR's and LNLN's `losses(clean, corrupted)`, which
+encode both views themselves): the path wraps each, so every `Batch` argument is encoded from
+its own ids, with gradient, exactly as at `forward`. A batch the path produced is not encoded
+again (a derived `Batch`, e.g. with counterfactual ids, is). A model that bypasses
+`model(batch)` without declaring its entry points would train without the encoder; the first
+training step detects that and refuses in one line. Models set the encoder's optimisation
+officially with `text_lr`, `text_weight_decay` and `text_no_decay` (the parameter-name parts
+exempt from weight decay; default biases and LayerNorm weights).
 Records carry `text_path`: `fixed-features` or the encoder's name.
 """
 
@@ -87,18 +94,60 @@ def encoder_spec(spec: DataSpec, encoder: InLoopEncoder) -> DataSpec:
     return replace(spec, dims=(encoder.dim, *spec.dims[1:]))
 
 
+def _chain(model: nn.Module) -> list[nn.Module]:
+    """`model` and the bases it wraps, outermost first."""
+    chain = [model]
+    while isinstance(getattr(chain[-1], "base", None), nn.Module):
+        chain.append(chain[-1].base)
+    return chain
+
+
 def _innermost(model: nn.Module) -> nn.Module:
-    while isinstance(getattr(model, "base", None), nn.Module):
-        model = model.base
-    return model
+    return _chain(model)[-1]
+
+
+_ENCODED = "_text_encoded_from"  # set on batches the path produced: the ids they came from
 
 
 def encode_batch(encoder: InLoopEncoder, batch: Batch) -> Batch:
-    """`batch` with `text` and `text_layers` from its (corrupted) ids."""
+    """`batch` with `text` and `text_layers` from its (corrupted) ids; a batch this path
+    produced is returned as it is (its ids were encoded already)."""
     if batch.text_ids is None or batch.text_attn is None:
         raise UserError("--text-encoder needs token ids in every batch")
+    if getattr(batch, _ENCODED, None) is batch.text_ids:
+        return batch
     layers = encoder(batch.text_ids, batch.text_attn)
-    return batch.with_(text=layers[-1], text_layers=layers)
+    out = batch.with_(text=layers[-1], text_layers=layers)
+    setattr(out, _ENCODED, batch.text_ids)
+    return out
+
+
+def _encode_batches(encoder: InLoopEncoder, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Every `Batch` among the arguments encoded, each distinct batch once."""
+    done: dict[int, Batch] = {}
+
+    def enc(x: Any) -> Any:
+        if not isinstance(x, Batch):
+            return x
+        if id(x) not in done:
+            done[id(x)] = encode_batch(encoder, x)
+        return done[id(x)]
+
+    return tuple(enc(a) for a in args), {k: enc(v) for k, v in kwargs.items()}
+
+
+def _wrap_entries(model: nn.Module, encoder: InLoopEncoder, calls: list[int]) -> None:
+    """Wrap the `batch_entries` each level of `model` declares (passes outside forward)."""
+    for level in _chain(model):
+        for name in getattr(type(level), "batch_entries", ()):
+            method = getattr(level, name)
+
+            def entry(*args: Any, _method=method, **kwargs: Any) -> Any:
+                calls[0] += 1
+                args, kwargs = _encode_batches(encoder, args, kwargs)
+                return _method(*args, **kwargs)
+
+            setattr(level, name, entry)
 
 
 @torch.no_grad()
@@ -129,9 +178,11 @@ def attach_text_encoder(model: nn.Module, encoder: InLoopEncoder) -> nn.Module:
         return args, kwargs
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
+    _wrap_entries(model, encoder, calls)
     base = _innermost(model)
     lr = float(getattr(base, "text_lr", DEFAULT_TEXT_LR))
     wd = float(getattr(base, "text_weight_decay", DEFAULT_TEXT_WD))
+    no_decay = tuple(getattr(base, "text_no_decay", NO_DECAY))
     configure, prepare, prepare_eval, step = (
         model.configure_optimizer, model.prepare, model.prepare_eval, model.train_step,
     )
@@ -143,7 +194,7 @@ def attach_text_encoder(model: nn.Module, encoder: InLoopEncoder) -> nn.Module:
             group["params"] = [p for p in group["params"] if id(p) not in enc_ids]
         named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
         for decay in (True, False):
-            params = [p for n, p in named if any(x in n for x in NO_DECAY) != decay]
+            params = [p for n, p in named if any(x in n for x in no_decay) != decay]
             if params:
                 opt.add_param_group({"params": params, "lr": lr, "weight_decay": wd if decay else 0.0})
         return opt
@@ -154,8 +205,8 @@ def attach_text_encoder(model: nn.Module, encoder: InLoopEncoder) -> nn.Module:
     def train_step(clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
         before = calls[0]
         refusal = UserError(
-            f"{type(base).__name__} computes its training passes outside model(batch); "
-            "--text-encoder cannot put the encoder in its loop"
+            f"{type(base).__name__} computes its training passes outside model(batch) and "
+            "declares no batch_entries; --text-encoder cannot put the encoder in its loop"
         )
         try:
             out = step(clean, corrupted, optimizer)

@@ -99,6 +99,9 @@ def _cases(tmp_path):
         "complexity: bad hp": ["complexity", "--model", "lf_dnn", "--hp", "dropout=-1"],
         "tune: trials 0": ["tune", "--trials", "0"],
         "tune: unknown model": ["tune", "--model", "nope", "--trials", "1", *res],
+        "tune: table encoder": ["tune", "--trials", "1", "--text-encoder", "table", *res],
+        "complexity: table encoder": ["complexity", "--model", "lf_dnn", "--text-encoder", "table"],
+        "plot: text encoder": ["plot", "--text-encoder", "minilm", *res],
     }
 
 

@@ -31,6 +31,13 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
+def _file_part(dataset: str) -> str:
+    """A board dataset in a file name: a text-encoder section (`ds [text name]`) becomes
+    `ds_text-name`, so each text path has its own figures; plain names are unchanged."""
+    raw = dataset.replace(" [text ", "_text-").replace("]", "")
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
+
+
 def _name(label: str, flags: dict, group: tuple) -> str:
     entry = flags.get((*group, label))
     return label + (" (not converged)" if entry is not None and not entry["converged"] else "")
@@ -65,7 +72,7 @@ def plot_curves(ev: E.Evidence, out: Path) -> list[Path]:
                    title=title)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
-            paths.append(_save(fig, out / f"curve_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
+            paths.append(_save(fig, out / f"curve_{protocol}_{_file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
 
@@ -104,7 +111,7 @@ def plot_smm(ev: E.Evidence, out: Path) -> list[Path]:
         ax.set(xlabel="modalities kept", ylabel=f"{metric} x100 (95% interval)",
                title=f"{dataset} ({variant}) {scenario}, {task}")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # bars stay visible
-        paths.append(_save(fig, out / f"smm_{protocol}_{dataset}_{variant}_{task}_{scenario}_{metric}.png"))
+        paths.append(_save(fig, out / f"smm_{protocol}_{_file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
 
@@ -113,7 +120,8 @@ def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
     on the principal plane of the complete-data points, coloured by class, at 3 rates."""
     paths, seen = [], set()
     for rec in sorted(records, key=lambda r: r["seed"]):
-        key = (rec["model"], rec["dataset"], rec["variant"], rec["task"], rec["scenario"], rec["protocol"])
+        dataset = E.board_dataset(rec)  # fixed features and each text encoder apart
+        key = (rec["model"], dataset, rec["variant"], rec["task"], rec["scenario"], rec["protocol"])
         if key in seen or not rec["scenario"].startswith("rmfm"):
             continue
         preds = store.load_predictions(rec["run_id"])
@@ -132,8 +140,8 @@ def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
             sc = ax.scatter(z[:, 0], z[:, 1], c=y, cmap="coolwarm", s=8)
             ax.set(title=f"rate {lab}", xticks=[], yticks=[])
         fig.colorbar(sc, ax=axes[0].tolist(), label="class")
-        fig.suptitle(f"{rec['model']} joint representation, {rec['dataset']} {rec['scenario']}")
-        name = f"joint_{rec['model'].replace('+', '-')}_{rec['dataset']}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
+        fig.suptitle(f"{rec['model']} joint representation, {dataset} {rec['scenario']}")
+        name = f"joint_{rec['model'].replace('+', '-')}_{_file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
         paths.append(_save(fig, out / name, tight=False))
     return paths
 
@@ -156,7 +164,8 @@ def plot_corrections(store: Store, records: list[dict], out: Path) -> list[Path]
             continue
         if not rec["scenario"].startswith("rmfm"):
             continue
-        key = (rec["model"], rec["dataset"], rec["variant"], rec["task"], rec["scenario"])
+        dataset = E.board_dataset(rec)
+        key = (rec["model"], dataset, rec["variant"], rec["task"], rec["scenario"])
         if key in seen:
             continue
         seen.add(key)
@@ -175,9 +184,9 @@ def plot_corrections(store: Store, records: list[dict], out: Path) -> list[Path]
         ax.scatter(before[broken], after[broken], s=10, c="tab:red", label=f"broken ({broken.sum()})")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="p(true class), factual", ylabel=f"p(true class), debiased tau={tau:g}",
-               title=f"{rec['model']} {rec['dataset']} {rec['scenario']} @ {lab}")
+               title=f"{rec['model']} {dataset} {rec['scenario']} @ {lab}")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"correction_{rec['model'].replace('+', '-')}_{rec['dataset']}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"))
+        paths.append(_save(fig, out / f"correction_{rec['model'].replace('+', '-')}_{_file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"))
     return paths
 
 

@@ -22,18 +22,22 @@ def measure(
     scale: float | None = None,
     hparams: dict[str, Any] | None = None,
     epochs: int = 1,
+    text_encoder: str | None = None,
 ) -> dict[str, Any]:
+    """Measured as `run` trains: with `--text-encoder` (else `$MER_BENCH_TEXT_ENCODER`) the
+    encoder is in the loop; `parameters` still excludes it (Table VI), it is counted apart."""
     from mer_bench.datasets import load_dataset
-    from mer_bench.models import build_model
     from mer_bench.scenarios import get_policy
+    from mer_bench.textpath import build_with_text_encoder, resolve_text_encoder, text_path
     from mer_bench.training.validate import check_model_hparams
 
     check_model_hparams(model_name, hparams or {})
+    encoder = resolve_text_encoder(text_encoder)
     dev = resolve_device(device)
     ds = load_dataset(dataset, variant=variant, distribution="iid", task=task,
                       data_root=data_root, scale=scale)
     seed_torch(1111)
-    model = build_model(model_name, ds.spec, task, **(hparams or {}))
+    model = build_with_text_encoder(model_name, ds.spec, task, encoder, **(hparams or {}))
     model.prepare(ds["train"], cf_vocab=None)
     policy = get_policy("per-sample-uniform")
     if dev == "cuda":
@@ -62,7 +66,9 @@ def measure(
         "task": task,
         "device": dev,
         "threads": torch.get_num_threads(),
+        "text_path": text_path(encoder),
         "parameters": model.n_parameters(),
+        "text_encoder_parameters": model.n_parameters(False) - model.n_parameters(),
         # wrappers (CLUE) split their count: base, their own branch, adapters
         **getattr(model, "parameter_breakdown", dict)(),
         "peak_memory_mb": round(peak, 1),

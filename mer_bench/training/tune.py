@@ -29,15 +29,20 @@ def tune_cli(
     device: str,
     data_root: str | None,
     scale: float | None,
+    text_encoder: str | None = None,
 ) -> str:
+    """Tune as `run` trains: with `--text-encoder` (else `$MER_BENCH_TEXT_ENCODER`) every trial
+    fine-tunes the encoder in the loop; the summary records the text path and its file name
+    carries it (`_text-<name>`), so fixed-feature and encoder searches never overwrite each other."""
     try:
         import optuna
     except ImportError:
         raise UserError("tuning needs the `tune` extra: pip install 'mer-bench[tune]'") from None
     from mer_bench.datasets import load_dataset
-    from mer_bench.models import build_model, load_builtin_models
+    from mer_bench.models import load_builtin_models
     from mer_bench.scenarios import get_policy, get_scenario
     from mer_bench.scenarios.base import rate_point
+    from mer_bench.textpath import build_with_text_encoder, resolve_text_encoder, text_path
     from mer_bench.training.trainer import TrainSettings, resolve_device, seed_torch, train
 
     cls = load_builtin_models().get(model).cls
@@ -47,6 +52,7 @@ def tune_cli(
     if trials < 1:
         raise UserError("--trials must be >= 1")
     sc = get_scenario(scenario)
+    encoder = resolve_text_encoder(text_encoder)
     dev = resolve_device(device)
     ds = load_dataset(dataset, variant=variant, distribution=sc.distribution, task=task,
                       data_root=data_root, scale=scale)
@@ -56,7 +62,7 @@ def tune_cli(
     def objective(trial: optuna.Trial) -> float:
         hp: dict[str, Any] = suggest(trial)
         seed_torch(seed)
-        m = build_model(model, ds.spec, task, **hp)
+        m = build_with_text_encoder(model, ds.spec, task, encoder, **hp)
         m.prepare(ds["train"], cf_vocab=None)
         res = train(
             m, ds["train"], ds["valid"],
@@ -74,6 +80,8 @@ def tune_cli(
     study.optimize(objective, n_trials=trials)
     out = Path(results) / "tune"
     stem = f"{model}_{dataset}_{variant}_{task}_{sc.distribution}_s{seed}"
+    if encoder is not None:
+        stem += "_text-" + "".join(c if c.isalnum() or c in "-." else "-" for c in Path(encoder).name)
     atomic_write_text(out / f"{stem}_trials.csv", study.trials_dataframe().to_csv(index=False))
     summary = {
         "model": model,
@@ -81,6 +89,7 @@ def tune_cli(
         "variant": variant,
         "task": task,
         "distribution": sc.distribution,
+        "text_path": text_path(encoder),
         "objective": "validation headline metric on complete data (test never used)",
         "budget": {"trials": trials, "max_epochs": max_epochs},
         "sampler": f"TPE(seed={seed})",
