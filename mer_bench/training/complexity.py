@@ -26,9 +26,10 @@ def measure(
     from mer_bench.datasets import load_dataset
     from mer_bench.models import build_model
     from mer_bench.scenarios import get_policy
-    from mer_bench.training.validate import check_model_hparams
+    from mer_bench.training.validate import check_model_hparams, check_model_variant
 
     check_model_hparams(model_name, hparams or {})
+    check_model_variant(model_name, variant)
     dev = resolve_device(device)
     ds = load_dataset(dataset, variant=variant, distribution="iid", task=task,
                       data_root=data_root, scale=scale)
