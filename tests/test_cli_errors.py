@@ -78,6 +78,10 @@ def _cases(tmp_path):
         "hp: gear q 0": ["run", "--model", "gear", "--scenario", "rmfm-iid", "--hp", "q=0", *res],
         "hp: gear weight, under clue": ["run", "--model", "gear+clue", "--scenario", "rmfm-iid",
                                         "--hp", "weight=max", *res],
+        "hp: clue rescaling cider's own step": ["run", "--model", "cider+clue", "--scenario",
+                                                "rmfm-iid", "--hp", "clue.base_loss=0.5", *res],
+        "hp: clue wrong type": ["run", "--model", "mult+clue", "--scenario", "rmfm-iid",
+                                "--hp", "clue.kl=3", *res],
         "run: dicmor on unaligned data": ["run", "--model", "dicmor", "--scenario", "rmfm-iid",
                                           *res],
         "run: dicmor_all on unaligned data": ["run", "--model", "dicmor_all", "--scenario",
@@ -158,6 +162,7 @@ def test_the_python_api_checks_the_same_numbers(change, needle):
 MODEL_DECLARED = {  # case name -> what the one line must name
     "hp: gear gce unknown": "gce", "hp: gear heads not dividing dim": "heads",
     "hp: gear q 0": "q", "hp: gear weight, under clue": "weight",
+    "hp: clue rescaling cider's own step": "base_loss", "hp: clue wrong type": "clue.kl",
     "run: dicmor on unaligned data": "aligned", "run: dicmor_all on unaligned data": "aligned",
     "complexity: bad gear hp": "text_pool", "complexity: dicmor unaligned": "aligned",
     "grid: dicmor_all unaligned": "dicmor_all",
@@ -186,6 +191,7 @@ def test_model_declared_checks_refuse_before_loading_data(name, tmp_path, capsys
 @pytest.mark.parametrize("model, hp, variant", [
     ("gear", (("gce", ""), ("weight", ""), ("heads", 8)), "unaligned"),
     ("gear+clue", (("text_pool", "cls"),), "unaligned"),
+    ("cider+clue", (("clue.base_loss", 0.0),), "unaligned"),
     ("dicmor", (), "aligned"), ("dicmor_all", (), "aligned"),
 ])
 def test_model_declared_checks_admit_valid_runs(model, hp, variant):

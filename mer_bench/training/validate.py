@@ -111,13 +111,14 @@ def _known(name: str, defaults: Mapping[str, Any], owner: str) -> None:
         )
 
 
-def check_declared(owner: Any, defaults: Mapping[str, Any], hp: Mapping[str, Any]) -> None:
-    """The owner's own `validate_hparams(merged)` (a model class or wrapper may declare one for
-    what a per-value check cannot see: choices, divisibility), on its defaults merged with the
-    request, so a bad value is refused before any data is loaded, not when the model is built."""
+def check_declared(owner: Any, defaults: Mapping[str, Any], hp: Mapping[str, Any], **context: Any) -> None:
+    """The owner's own `validate_hparams(merged, **context)` (a model class or wrapper may
+    declare one for what a per-value check cannot see: choices, divisibility, a wrapper's
+    `base` class), on its defaults merged with the request, so a bad value is refused before
+    any data is loaded, not when the model is built."""
     declared = getattr(owner, "validate_hparams", None)
     if declared is not None:
-        declared({**defaults, **hp})
+        declared({**defaults, **hp}, **context)
 
 
 def check_model_hparams(model: str, hp: Mapping[str, Any]) -> None:
@@ -130,10 +131,10 @@ def check_model_hparams(model: str, hp: Mapping[str, Any]) -> None:
     check_hparams(hp, cls.defaults, base,
                   {w: getattr(WRAPPERS.get(w), "defaults", None) for w in wrappers})
     check_declared(cls, cls.defaults, {k: v for k, v in hp.items() if "." not in k})
-    for w in wrappers:
+    for i, w in enumerate(wrappers):  # the first wrapper's base is the registered class
         wrap = WRAPPERS.get(w)
         own = {k[len(w) + 1:]: v for k, v in hp.items() if k.startswith(f"{w}.")}
-        check_declared(wrap, getattr(wrap, "defaults", None) or {}, own)
+        check_declared(wrap, getattr(wrap, "defaults", None) or {}, own, base=cls if i == 0 else None)
 
 
 def check_model_variant(model: str, variant: str) -> None:
