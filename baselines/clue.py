@@ -43,7 +43,8 @@ The base keeps its own training, as under `+maci`, in one of two ways:
   with CLUE's three terms added to its corrupted-batch (student) objective and every optimiser
   step value-clipped (`ValueClipped`); the logs carry the base's terms as `base_<name>`
   (`base_teacher_nll`, `base_recon`, `base_attn`, `base_joint`, `base_nll`). `base_loss=0`
-  drops that step (the base then learns through CE(o1) only); other weights are refused.
+  drops that step (the base then learns through CE(o1) only); other weights are refused, and
+  `o1_weight` weights CE(o1) alone (the base's own step keeps its own weights).
 - any other base contributes its `objective()` terms (MulT, MAG-BERT: the task loss; DLF, DMD:
   also their auxiliary terms), weighted `base_loss`, in one step with the base's micro-batches
   (`step_options()`); CLUE's value clipping replaces the base's own. A base that overrides
