@@ -35,9 +35,21 @@ branch's input with probability 1 - random_rate, default 1: none dropped) are th
 bias-word vocabulary built on training data only; `ban_words=True` zeroes them always.
 Optimiser: two Adam groups (branch lr 1e-5, wd 1e-5; the base's own optimiser and rates, which
 a regression base's adapter joins at the base's lr), cosine annealing T_max 20 to 1e-5 stepped
-per epoch, value clipping 1.0 (the issue's value; the official MOSI config uses 0.8). The base
-trains through its `objective()` terms and micro-batches, not its own `train_step` (so
-`cider+clue` drops CIDer's teacher/student distillation).
+per epoch, value clipping 1.0 (the issue's value; the official MOSI config uses 0.8).
+
+The base keeps its own training, as under `+maci`, in one of two ways:
+- a base whose `train_step` takes `extra` (`hosts_terms`; CIDer, whose step is a teacher step
+  on the complete batch then a distillation step on the corrupted one) runs that step itself,
+  with CLUE's three terms added to its corrupted-batch (student) objective and every optimiser
+  step value-clipped (`ValueClipped`); the logs carry the base's terms as `base_<name>`
+  (`base_teacher_nll`, `base_recon`, `base_attn`, `base_joint`, `base_nll`). `base_loss=0`
+  drops that step (the base then learns through CE(o1) only); other weights are refused, and
+  `o1_weight` weights CE(o1) alone (the base's own step keeps its own weights).
+- any other base contributes its `objective()` terms (MulT, MAG-BERT: the task loss; DLF, DMD:
+  also their auxiliary terms), weighted `base_loss`, in one step with the base's micro-batches
+  (`step_options()`); CLUE's value clipping replaces the base's own. A base that overrides
+  `train_step` with two views and does not take `extra` (DiCMoR's paired recovery, EMT-DLFR,
+  LNLN) loses that part under `+clue`.
 
 Parameters (binary, MOSI shapes): branch + c = 3,798,579, Table VI's CLUE row exactly
 (`clue_parameters()`); the base and adapter are reported separately (`parameter_breakdown`).
@@ -45,6 +57,7 @@ Parameters (binary, MOSI shapes): branch + c = 3,798,579, Table VI's CLUE row ex
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -146,6 +159,7 @@ class CLUE(BenchModel):
         super().__init__(base.spec, base.task, **hp)
         self.base = base
         h = self.hparams
+        self.validate_hparams(h, type(base))
         self.k = 2 if base.task == "binary" else 7
         self.branch = TextBranch(base.spec.dims[0], int(h["embed"]), int(h["hidden"]), self.k)
         self.constant = nn.Parameter(torch.tensor(1.0))
@@ -153,6 +167,14 @@ class CLUE(BenchModel):
         self.register_buffer("ban_ids", None, persistent=False)
         self.lr = base.lr
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @staticmethod
+    def validate_hparams(hp: dict[str, Any], base: type[BenchModel] | None = None) -> None:
+        """A base with its own step (`hosts_terms`) is kept (base_loss 1) or dropped (0), never
+        rescaled; checked before any data is loaded (`validate.check_model_hparams`) and at build."""
+        if base is not None and hosts_terms(base) and float(hp["base_loss"]) not in (0.0, 1.0):
+            raise UserError(f"--hp clue.base_loss={hp['base_loss']}: {base.__name__} trains through "
+                            "its own step, which CLUE keeps (1) or drops (0), not rescales")
 
     # --- sizes -------------------------------------------------------------------------
     def clue_parameters(self) -> int:
@@ -225,8 +247,9 @@ class CLUE(BenchModel):
         mid = torch.full_like(logp[:, :1], neutral)
         return torch.cat([logp[:, :1], mid, logp[:, 1:]], dim=1)
 
-    def heads(self, batch: Batch) -> dict[str, Any]:
-        out = self.base(batch)
+    def heads(self, batch: Batch, out: ModelOutput | None = None) -> dict[str, Any]:
+        """CLUE's heads on `batch`, from the base's output `out` (run here when not given)."""
+        out = self.base(batch) if out is None else out
         o_m = self._base_logits(out)
         o_t = self.branch(self._branch_text(batch), batch.text_len)
         return {"base": out, "o_m": o_m, "o_t": o_t, "o1": fuse(o_m, o_t),
@@ -255,9 +278,11 @@ class CLUE(BenchModel):
         logp = out.scores[:, [0, 2]] if self.k == 2 else out.scores
         return F.nll_loss(logp, self.target(batch))
 
-    def objective(self, batch: Batch, out: ModelOutput | None = None) -> dict[str, torch.Tensor]:
-        """The official terms: w1 (base + CE(o1)) + w2 CE(o_t) + KL(o1 || F(c, o_t.detach()))."""
-        h = self.heads(batch)
+    def own_terms(self, batch: Batch, base_out: ModelOutput | None = None) -> dict[str, torch.Tensor]:
+        """CLUE's own terms on the base's output: w1 CE(o1) + w2 CE(o_t) + KL(o1 || F(c, o_t.detach()))."""
+        return self._own_terms(self.heads(batch, base_out), batch)
+
+    def _own_terms(self, h: dict[str, Any], batch: Batch) -> dict[str, torch.Tensor]:
         y = self.target(batch)
         w1, w2 = float(self.hparams["o1_weight"]), float(self.hparams["o2_weight"])
         terms = {"fused_ce": w1 * F.cross_entropy(h["o1"], y), "text_ce": w2 * F.cross_entropy(h["o_t"], y)}
@@ -265,7 +290,14 @@ class CLUE(BenchModel):
             p_te = F.softmax(h["o1"], -1).detach()
             log_nde = F.log_softmax(fuse(self.constant.expand_as(h["o_t"]), h["o_t"].detach()), -1)
             terms["kl"] = -(p_te * log_nde).sum(1).mean()
-        wb = float(self.hparams["base_loss"])
+        return terms
+
+    def objective(self, batch: Batch, out: ModelOutput | None = None) -> dict[str, torch.Tensor]:
+        """The official terms: w1 (base + CE(o1)) + w2 CE(o_t) + KL, the base's being its
+        `objective()` terms weighted `base_loss` (the step of a base without its own step)."""
+        h = self.heads(batch)
+        terms = self._own_terms(h, batch)
+        w1, wb = float(self.hparams["o1_weight"]), float(self.hparams["base_loss"])
         if wb > 0:
             for name, value in self.base.objective(batch, h["base"]).items():
                 terms[f"base_{name}"] = w1 * wb * value
@@ -274,9 +306,45 @@ class CLUE(BenchModel):
     def step_options(self) -> dict[str, float]:
         return {**self.base.step_options(), "clip_value": float(self.hparams["clip"]), "clip_norm": 0.0}
 
+    def delegates(self) -> bool:
+        """True when the base's own `train_step` hosts CLUE's terms (it takes `extra`, e.g.
+        CIDer's teacher/student step) and `base_loss` keeps it (1)."""
+        return hosts_terms(self.base) and float(self.hparams["base_loss"]) == 1.0
+
     def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
-        return accumulated_step(self, corrupted, optimizer, lambda b: self.objective(b),
-                                **self.step_options())
+        """The base's own step with CLUE's terms added (`delegates()`), its optimiser value-
+        clipped at every step; otherwise one step of `objective()` with the base's micro-batches."""
+        if not self.delegates():
+            return accumulated_step(self, corrupted, optimizer, lambda b: self.objective(b),
+                                    **self.step_options())
+        clipped = ValueClipped(optimizer, self.parameters(), float(self.hparams["clip"]))
+        logs = self.base.train_step(clean, corrupted, clipped, extra=self.own_terms)
+        own = ("fused_ce", "text_ce", "kl")
+        return {k if k in own else f"base_{k}": v for k, v in logs.items()}
+
+
+def hosts_terms(model: BenchModel | type[BenchModel]) -> bool:
+    """Whether a model's (or model class's) `train_step` takes a wrapper's `extra` terms (its
+    own step is more than one step of its `objective()`, so a wrapper joins it instead of
+    replacing it)."""
+    return "extra" in inspect.signature(model.train_step).parameters
+
+
+class ValueClipped:
+    """The optimiser a base's own step sees under CLUE: every `step()` first value-clips the
+    gradients (CLUE's official clipping); everything else is the real optimiser."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Any, clip: float) -> None:
+        self.optimizer, self.clip = optimizer, clip
+        self.params = [p for p in params if p.requires_grad]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+    def step(self) -> None:
+        if self.clip > 0:
+            nn.utils.clip_grad_value_(self.params, self.clip)
+        self.optimizer.step()
 
 
 def wrap(base: BenchModel, **hp: Any) -> BenchModel:
@@ -284,4 +352,6 @@ def wrap(base: BenchModel, **hp: Any) -> BenchModel:
     return CLUE(base, **hp)
 
 
+wrap.defaults = CLUE.defaults  # type: ignore[attr-defined]  # for --hp clue.NAME checks
+wrap.validate_hparams = CLUE.validate_hparams  # type: ignore[attr-defined]
 WRAPPERS.register("clue", wrap)

@@ -47,7 +47,9 @@ modality in coupling mode), each flow's own prior head (2,176) and `weight_l/v/a
 Linear(96, 96), which no module of the official code has.
 
 Aligned data only: recovery maps a latent of one modality into another's flow, so all
-three need the same (d, L).
+three need the same (d, L). The class declares `variants = ("aligned",)`, so `run`, `grid`,
+`complexity` and `tune` refuse `--variant unaligned` before loading any data; the build-time
+check below stays for a `--dataset FILE.pkl` whose shapes disagree with its `--variant`.
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ class DiCMoR(BenchModel):
 
     output = "regression"
     training = "one-to-one"
+    # refused up front on any other variant (`validate.check_model_variant`): recovery inverts
+    # one modality's latent through another's flow, so all three need equal lengths
+    variants = ("aligned",)
     paper = (
         "Wang, Cui, Li. Distribution-Consistent Modal Recovering for Incomplete Multimodal "
         "Learning. ICCV 2023"

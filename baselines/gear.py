@@ -30,6 +30,7 @@ Parameters at MOSI shapes 768/5/20 without BERT: 372,071, Table VI's GEAR row ex
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -48,6 +49,9 @@ GCE = {
     "sigmoid": lambda l1, q: 2.0 * torch.sigmoid(-l1),
     "exp": lambda l1, q: torch.exp(-l1 / q),
     "cauchy": lambda l1, q: 1.0 / (1.0 + q * q * l1 * l1),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "gce": tuple(GCE), "weight": ("", "avg", "min"), "text_pool": ("mean", "cls"),
 }
 
 
@@ -101,12 +105,23 @@ class GEAR(BenchModel):
         "micro_batch": 32,
     }
 
+    @classmethod
+    def validate_hparams(cls, hp: Mapping[str, Any]) -> None:
+        """What the per-value checks cannot see (choices, q > 0, heads dividing dim); called by
+        `validate.check_model_hparams` before any data is loaded, and again at build."""
+        for name, allowed in CHOICES.items():
+            if hp[name] not in allowed:
+                raise UserError(f"--hp {name}={hp[name]!r}: gear's {name} must be one of "
+                                + ", ".join(repr(a) for a in allowed))
+        if not float(hp["q"]) > 0:
+            raise UserError(f"--hp q={hp['q']}: gear's GCE exponent q must be > 0")
+        if int(hp["dim"]) % int(hp["heads"]):
+            raise UserError(f"--hp heads={hp['heads']} must divide gear's dim={hp['dim']}")
+
     def __init__(self, spec: Any, task: str, **hp: Any) -> None:
         super().__init__(spec, task, **hp)
         h = self.hparams
-        if h["gce"] not in GCE or h["weight"] not in ("", "avg", "min") or h["text_pool"] not in ("mean", "cls"):
-            raise UserError("gear: gce must be one of '', tanh, sigmoid, exp, cauchy; weight '', avg "
-                            "or min; text_pool mean or cls")
+        self.validate_hparams(h)
         d_t, d_a, d_v = spec.dims
         dim = int(h["dim"])
 

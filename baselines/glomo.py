@@ -2,8 +2,9 @@
 official YetZzzzzz/GLoMo
 `GLoMo_MSA/GLoMo.py`, `MoE.py`, `main_GLoMo.py`), regression.
 
-Architecture (official MOSI defaults: d = 96, 16 heads, 2 encoder layers, 3 local tokens per
-modality, 3 experts with top-2 routing):
+Architecture (the official `main_GLoMo.py` argument defaults: d = 96, 16 heads, 2 encoder
+layers, 3 local tokens per modality, 3 experts with top-2 routing; the official README's MOSI
+command overrides two of them, d = 48 and 4 layers, see "Parameters"):
 - Text: a global token from the last encoder layer's [CLS] (Linear D_t -> d) and 3 local
   tokens: the last two layers' sequences concatenated along time, Conv1d(k 3) to d and
   adaptive max-pooling into 3 windows.
@@ -31,14 +32,27 @@ Deliberate differences from the official code, and why:
 - The official step schedule (lr x 0.1 at epochs 80 and 100 of 100) is outside every budget
   used here and is not reproduced.
 
-Parameters (MOSI dims (768, 5, 20), binary, no text encoder): 2,084,999, of which the fusion
-transformer is 865,984 (2 layers with PyTorch's default 2048-wide feed-forward), the audio
-and vision encoders 454,944, the three MoEs 338,688, the text global linear and local conv
-295,008 (they live inside the official BERT wrapper), pools, projections and head 130,375.
-The paper's Table VI gives 322,823 and the issue's own reproduction of the official
-configuration 927,239; neither is reached by this build of the official modules (dropping
-the text modules and the fusion transformer leaves 924,007, closest to the latter), so the
-gap is reported, not explained.
+Parameters (`mer-bench complexity --model glomo`: MOSI dims (768, 5, 20), binary, no text
+encoder): 2,084,999 with the defaults above, of which the fusion transformer is 865,984 (2
+layers with PyTorch's default 2048-wide feed-forward), the audio and vision encoders with their
+convolutions 454,944, the three MoEs 338,688, the text global linear and local conv 295,008
+(they live inside the official BERT wrapper; BERT itself is excluded), pools, projections and
+head 130,375. The two other figures:
+- 927,239 (the issue's count of the official configuration) is exactly these modules built
+  with the official README's MOSI command (`--d_l=48 --layers=4`) at the official MOSI
+  features (MAG/MIB pickles: audio 74-d, vision 47-d): fusion 416,608, encoders 243,792,
+  text 147,504, MoEs 86,400, the rest 32,935. The same configuration at the suite's 5/20-d
+  audio/vision is 913,415 (`--hp d_model=48 --hp layers=4`). The 1,157,760 between our
+  default and 927,239 is width and depth (d = 96, the argument default, doubles the layers
+  linear in d and quadruples the d x d ones): fusion +449,376, MoEs +252,288, audio/vision
+  encoders (2 layers at d = 96 against 4 at 48) +221,376, text +147,504, pools, projections
+  and head +97,440, less 10,224 in the input convolutions (5/20-d features, not 74/47).
+- 322,823 (Table VI) is not reproduced. It is below even the official MOSI configuration
+  without its fusion transformer and text modules (363,127); a search over width (16-256),
+  encoder depth (0-7), local tokens, experts, fusion width and depth, feature dims and with
+  or without the text modules finds it only for mixtures of settings no script or table
+  uses (e.g. d = 32 with 5-d audio but 47-d vision, one fusion layer, no text conv). We
+  report the gap; we cannot say which components the paper counted.
 """
 
 from __future__ import annotations

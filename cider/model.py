@@ -20,6 +20,7 @@ rows of the paper's Table V (see `ABLATIONS`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,16 +271,22 @@ class CIDer(BenchModel):
         w = {"recon": float(h["w_recon"]), "attn": float(h["w_attn"]), "joint": float(h["w_joint"])}
         return {k: v for k, v in w.items() if f"no_{k}" not in self.ablations and v != 0.0}
 
-    def train_step(self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer) -> dict:
+    def train_step(
+        self, clean: Batch, corrupted: Batch, optimizer: torch.optim.Optimizer,
+        extra: Callable[[Batch, ModelOutput], dict[str, torch.Tensor]] | None = None,
+    ) -> dict:
         """Teacher step on `clean`, then student step on `corrupted` (see module docstring).
+        `extra(corrupted, student_output)` lets a wrapper (`+clue`) add its loss terms to the
+        student objective, so CIDer keeps its own two-step distillation under the wrapper.
         Returns the terms of both objectives (weighted), so their sum is the total loss."""
         y = clean.target(self.task)
         optimizer.zero_grad(set_to_none=True)
         if not self.use_teacher:  # `no_teacher`: plain training on corrupted inputs
-            loss = F.nll_loss(self.run(corrupted).scores, y)
-            loss.backward()
+            student = self.run(corrupted)
+            terms = {"nll": F.nll_loss(student.scores, y), **_extra(extra, corrupted, student)}
+            sum(terms.values()).backward()
             optimizer.step()
-            return {"nll": float(loss.detach())}
+            return {k: float(v.detach()) for k, v in terms.items()}
 
         w = self._weights()
         teacher = self.run(clean, need_attn="attn" in w)
@@ -298,10 +305,18 @@ class CIDer(BenchModel):
         if "joint" in w:
             cos = F.cosine_similarity(student.joint, teacher.joint.detach(), dim=-1)
             terms["joint"] = w["joint"] * (1.0 - cos).mean()
+        terms.update(_extra(extra, corrupted, student))
         total = sum(terms.values())
         total.backward()
         optimizer.step()
         return {"teacher_nll": float(t_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def _extra(
+    extra: Callable[[Batch, ModelOutput], dict[str, torch.Tensor]] | None, batch: Batch, p: Pass,
+) -> dict[str, torch.Tensor]:
+    """A wrapper's terms on a pass (none without a wrapper)."""
+    return {} if extra is None else extra(batch, ModelOutput(p.scores, p.joint, {"pass": p}))
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,15 @@ def test_glomo_parameters_at_mosi_dims():
     assert sum(p.numel() for p in m.fusion.parameters()) == 865_984
 
 
+def test_glomo_official_mosi_command_gives_the_issues_count():
+    """The issue's 927,239 is the official README's MOSI command (d_l 48, 4 layers) at the
+    official MOSI features (audio 74-d, vision 47-d); 913,415 at the suite's 5/20-d."""
+    hp = {"d_model": 48, "layers": 4}
+    official = DataSpec((768, 74, 47), MOSI_UNALIGNED.lens, False, True)
+    assert build_model("glomo", official, "binary", **hp).n_parameters() == 927_239
+    assert build_model("glomo", MOSI_UNALIGNED, "binary", **hp).n_parameters() == 913_415
+
+
 def test_glomo_moe_routes_each_sample_to_top_two_experts():
     from baselines.glomo import NoisyTopKMoE
 

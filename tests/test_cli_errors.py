@@ -71,6 +71,21 @@ def _cases(tmp_path):
         "hp: unknown wrapper key": ["run", "--model", "lf_dnn+maci", "--scenario", "rmfm-iid",
                                     "--hp", "maci.bogus=1", *res],
         "hp: given twice": [*RUN, "--hp", "dropout=0.1", "--hp", "dropout=0.2", *res],
+        "hp: gear gce unknown": ["run", "--model", "gear", "--scenario", "rmfm-iid", "--hp",
+                                 "gce=bogus", *res],
+        "hp: gear heads not dividing dim": ["run", "--model", "gear", "--scenario", "rmfm-iid",
+                                            "--hp", "heads=5", *res],
+        "hp: gear q 0": ["run", "--model", "gear", "--scenario", "rmfm-iid", "--hp", "q=0", *res],
+        "hp: gear weight, under clue": ["run", "--model", "gear+clue", "--scenario", "rmfm-iid",
+                                        "--hp", "weight=max", *res],
+        "hp: clue rescaling cider's own step": ["run", "--model", "cider+clue", "--scenario",
+                                                "rmfm-iid", "--hp", "clue.base_loss=0.5", *res],
+        "hp: clue wrong type": ["run", "--model", "mult+clue", "--scenario", "rmfm-iid",
+                                "--hp", "clue.kl=3", *res],
+        "run: dicmor on unaligned data": ["run", "--model", "dicmor", "--scenario", "rmfm-iid",
+                                          *res],
+        "run: dicmor_all on unaligned data": ["run", "--model", "dicmor_all", "--scenario",
+                                              "rmfm-iid", "--variant", "unaligned", *res],
         "run: compat on a model without it": [*RUN, "--compat", "official", *res],
         "run: bad train policy": [*RUN, "--train-policy", "sometimes", *res],
         "run: bad device": [*RUN, "--device", "tpu", *res],
@@ -97,6 +112,10 @@ def _cases(tmp_path):
         "complexity: unknown model": ["complexity", "--model", "nope"],
         "complexity: epochs 0": ["complexity", "--model", "lf_dnn", "--epochs", "0"],
         "complexity: bad hp": ["complexity", "--model", "lf_dnn", "--hp", "dropout=-1"],
+        "complexity: bad gear hp": ["complexity", "--model", "gear", "--hp", "text_pool=max"],
+        "complexity: dicmor unaligned": ["complexity", "--model", "dicmor"],
+        "grid: dicmor_all unaligned": ["grid", "--models", "lf_dnn,dicmor_all", "--scenarios",
+                                       "rmfm-iid", *res],
         "tune: trials 0": ["tune", "--trials", "0"],
         "tune: unknown model": ["tune", "--model", "nope", "--trials", "1", *res],
         "tune: table encoder": ["tune", "--trials", "1", "--text-encoder", "table", *res],
@@ -141,3 +160,44 @@ def test_the_python_api_checks_the_same_numbers(change, needle):
         runner.resolve(cfg, 1111)
     with pytest.raises(UserError, match="seed"):
         runner.resolve(runner.RunConfig(model="lf_dnn", scenario="rmfm-iid"), -1)
+
+
+MODEL_DECLARED = {  # case name -> what the one line must name
+    "hp: gear gce unknown": "gce", "hp: gear heads not dividing dim": "heads",
+    "hp: gear q 0": "q", "hp: gear weight, under clue": "weight",
+    "hp: clue rescaling cider's own step": "base_loss", "hp: clue wrong type": "clue.kl",
+    "run: dicmor on unaligned data": "aligned", "run: dicmor_all on unaligned data": "aligned",
+    "complexity: bad gear hp": "text_pool", "complexity: dicmor unaligned": "aligned",
+    "grid: dicmor_all unaligned": "dicmor_all",
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_DECLARED))
+def test_model_declared_checks_refuse_before_loading_data(name, tmp_path, capsys, monkeypatch):
+    """GEAR's `validate_hparams` and DiCMoR's `variants` are checked with the arguments: the
+    refusal names the value and comes before any data is loaded (before, only the model's
+    constructor refused them, after loading)."""
+    import mer_bench.data.registry
+    import mer_bench.datasets
+
+    def no_loading(*a, **k):
+        raise AssertionError("loaded data on bad input")
+
+    monkeypatch.setattr(mer_bench.datasets, "load_dataset", no_loading)
+    monkeypatch.setattr(mer_bench.data.registry, "load_iid", no_loading)
+    rc = main(_cases(tmp_path)[name])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, (name, err)
+    assert MODEL_DECLARED[name] in err, err
+
+
+@pytest.mark.parametrize("model, hp, variant", [
+    ("gear", (("gce", ""), ("weight", ""), ("heads", 8)), "unaligned"),
+    ("gear+clue", (("text_pool", "cls"),), "unaligned"),
+    ("cider+clue", (("clue.base_loss", 0.0),), "unaligned"),
+    ("dicmor", (), "aligned"), ("dicmor_all", (), "aligned"),
+])
+def test_model_declared_checks_admit_valid_runs(model, hp, variant):
+    """The same checks let the official GEAR switches and DiCMoR on aligned data through."""
+    cfg = runner.RunConfig(model=model, scenario="rmfm-iid", variant=variant, hparams=hp)
+    assert runner.resolve(cfg, 1111).hparams == dict(hp)

@@ -153,3 +153,99 @@ def test_regression_adapter_starts_as_the_base_decision_rule():
     assert torch.equal(regression_adapter(2)(s).argmax(1)[nonzero], (s.view(-1) > 0).long()[nonzero])
     nearest = torch.clamp(torch.round(s.view(-1)), -3, 3).long() + 3
     assert torch.equal(regression_adapter(7)(s).argmax(1), nearest)
+
+
+# --- the base keeps its own training under CLUE -----------------------------------------
+def _tiny_cider_clue(**hp):
+    from helpers import random_split
+
+    from mer_bench.data.batch import make_batch
+    from mer_bench.scenarios.base import apply_drops
+
+    split = random_split(n=16)
+    spec = DataSpec((12, 5, 6), (8, 14, 11), False, True)
+    torch.manual_seed(0)
+    model = build_model("cider+clue", spec, "binary", hidden=8, layers=1, heads=2, **hp)
+    model.prepare(split, cf_vocab=np.array([1001, 1003]))
+    clean = make_batch(split, np.arange(len(split)))
+    rng = np.random.default_rng(0)
+    drops = {m: (rng.random(getattr(clean, f"valid_{m}").shape) < 0.5)
+             & getattr(clean, f"valid_{m}").numpy() for m in ("text", "audio", "vision")}
+    drops["text"][:, 0] = False
+    return model.train(), clean, apply_drops(clean, drops)
+
+
+def test_cider_clue_keeps_ciders_teacher_student_step(monkeypatch):
+    """cider+clue runs CIDer's own step (teacher step on the complete batch, then the student
+    step with reconstruction, attention and joint distillation) with CLUE's terms added to
+    the student objective; before, it trained CIDer on its task loss alone."""
+    import cider.model
+    from baselines.clue import hosts_terms
+
+    model, clean, corrupted = _tiny_cider_clue()
+    assert hosts_terms(model.base) and model.delegates()
+    calls = {"attn_kl": 0, "recon_loss": 0}
+    for name in calls:
+        real = getattr(cider.model, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(cider.model, name, spy)
+    opt = model.configure_optimizer()
+    steps = []
+    monkeypatch.setattr(opt, "step", lambda *a, _s=opt.step, **k: (steps.append(1), _s(*a, **k))[1])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logs = model.train_step(clean, corrupted, opt)
+    assert {"base_teacher_nll", "base_nll", "base_recon", "base_attn", "base_joint",
+            "fused_ce", "text_ce", "kl"} == set(logs)
+    assert calls == {"attn_kl": 1, "recon_loss": 1} and len(steps) == 2  # teacher + student
+    assert all(np.isfinite(v) for v in logs.values())
+    moved = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"base", "branch", "constant"} <= moved  # CIDer, the text branch and c all learn
+
+
+def test_cider_clue_base_loss_zero_drops_ciders_step_other_weights_refused():
+    from mer_bench.errors import UserError
+
+    model, clean, corrupted = _tiny_cider_clue(**{"clue.base_loss": 0.0})
+    assert not model.delegates()
+    assert set(model.train_step(clean, corrupted, model.configure_optimizer())) == {
+        "fused_ce", "text_ce", "kl"}
+    with pytest.raises(UserError, match="base_loss"):
+        _tiny_cider_clue(**{"clue.base_loss": 0.5})
+
+
+@pytest.mark.parametrize("base", ["mult", "mag_bert"])
+def test_objective_bases_step_is_their_objective_with_their_micro_batches(base):
+    """MulT and MAG-BERT have no step of their own beyond their objective: under CLUE one
+    step is CLUE's terms plus the base's `objective()` over the base's micro-batches, with
+    CLUE's clipping, exactly as before CIDer's step was kept (a fixed-seed `mult+clue` run's
+    losses and predictions were unchanged by that change)."""
+    from baselines.clue import hosts_terms
+    from mer_bench.training.steps import accumulated_step
+
+    spec = DataSpec((12, 5, 6), (8, 8, 8), True, True)
+    batch = dummy_batch(spec, n=6)
+    g = torch.Generator().manual_seed(0)
+    batch = batch.with_(text=torch.randn(batch.text.shape, generator=g),
+                        audio=torch.randn(batch.audio.shape, generator=g),
+                        vision=torch.randn(batch.vision.shape, generator=g),
+                        y_reg=torch.linspace(-2, 2, 6), y3=torch.tensor([0, 2, 0, 2, 1, 2]))
+    results = []
+    for kept in (True, False):
+        torch.manual_seed(0)
+        hp = {"micro_batch": 2} if base == "mult" else {}  # three accumulated micro-batches
+        model = build_model(f"{base}+clue", spec, "binary", **hp).train()
+        assert not hosts_terms(model.base) and not model.delegates()
+        opt = model.configure_optimizer()
+        torch.manual_seed(1)
+        if kept:
+            logs = model.train_step(batch, batch, opt)
+        else:
+            logs = accumulated_step(model, batch, opt, model.objective,
+                                    **{**model.base.step_options(), "clip_value": 1.0})
+        results.append((logs, [p.detach().clone() for p in model.parameters()]))
+    (logs, params), (ref_logs, ref_params) = results
+    assert logs == ref_logs and "base_task" in logs
+    assert all(torch.equal(a, b) for a, b in zip(params, ref_params))

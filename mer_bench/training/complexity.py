@@ -29,9 +29,10 @@ def measure(
     from mer_bench.datasets import load_dataset
     from mer_bench.scenarios import get_policy
     from mer_bench.textpath import build_with_text_encoder, resolve_text_encoder, text_path
-    from mer_bench.training.validate import check_model_hparams
+    from mer_bench.training.validate import check_model_hparams, check_model_variant
 
     check_model_hparams(model_name, hparams or {})
+    check_model_variant(model_name, variant)
     encoder = resolve_text_encoder(text_encoder)
     dev = resolve_device(device)
     ds = load_dataset(dataset, variant=variant, distribution="iid", task=task,

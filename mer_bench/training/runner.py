@@ -174,6 +174,7 @@ def resolve(cfg: RunConfig, seed: int) -> Resolved:
     from mer_bench.scenarios import check_compatible
 
     check_compatible(scenario, aligned=cfg.variant == "aligned")
+    validate.check_model_variant(cfg.model, cfg.variant)
 
     hp = dict(cfg.hparams)
     if {"compat", "ablations"} & set(hp):

@@ -51,6 +51,9 @@ def tune_cli(
         raise UserError(f"model {model} defines no search space (a `suggest(trial)` method)")
     if trials < 1:
         raise UserError("--trials must be >= 1")
+    from mer_bench.training.validate import check_model_variant
+
+    check_model_variant(model, variant)
     sc = get_scenario(scenario)
     encoder = resolve_text_encoder(text_encoder)
     dev = resolve_device(device)

@@ -111,11 +111,39 @@ def _known(name: str, defaults: Mapping[str, Any], owner: str) -> None:
         )
 
 
+def check_declared(owner: Any, defaults: Mapping[str, Any], hp: Mapping[str, Any], **context: Any) -> None:
+    """The owner's own `validate_hparams(merged, **context)` (a model class or wrapper may
+    declare one for what a per-value check cannot see: choices, divisibility, a wrapper's
+    `base` class), on its defaults merged with the request, so a bad value is refused before
+    any data is loaded, not when the model is built."""
+    declared = getattr(owner, "validate_hparams", None)
+    if declared is not None:
+        declared({**defaults, **hp}, **context)
+
+
 def check_model_hparams(model: str, hp: Mapping[str, Any]) -> None:
-    """`check_hparams` for a model name (`base` or `base+wrapper`) from the registries."""
+    """`check_hparams` for a model name (`base` or `base+wrapper`) from the registries, then
+    each model's and wrapper's declared `validate_hparams`."""
     from mer_bench.models import WRAPPERS, load_builtin_models
 
     base, *wrappers = model.split("+")
     cls = load_builtin_models().get(base).cls
     check_hparams(hp, cls.defaults, base,
                   {w: getattr(WRAPPERS.get(w), "defaults", None) for w in wrappers})
+    check_declared(cls, cls.defaults, {k: v for k, v in hp.items() if "." not in k})
+    for i, w in enumerate(wrappers):  # the first wrapper's base is the registered class
+        wrap = WRAPPERS.get(w)
+        own = {k[len(w) + 1:]: v for k, v in hp.items() if k.startswith(f"{w}.")}
+        check_declared(wrap, getattr(wrap, "defaults", None) or {}, own, base=cls if i == 0 else None)
+
+
+def check_model_variant(model: str, variant: str) -> None:
+    """A model whose class declares `variants` (the data variants it can run on: DiCMoR's
+    `("aligned",)`) refuses any other here, before the data is loaded."""
+    from mer_bench.models import load_builtin_models
+
+    base = model.split("+")[0]
+    allowed = getattr(load_builtin_models().get(base).cls, "variants", None)
+    if allowed is not None and variant not in allowed:
+        raise UserError(f"model {base} runs on {' or '.join(allowed)} data only, not {variant}; "
+                        f"use --variant {allowed[0]}")
