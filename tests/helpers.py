@@ -34,3 +34,17 @@ def random_split(n: int = 24, seed: int = 0, lens=LENS, dims=DIMS) -> Split:
         raw_text=np.array([""] * n),
         text_bert=tb,
     )
+
+
+def write_label_csv(ds, path):
+    """An MMSA `label.csv` of a dataset's ids, transcripts, labels and IID splits (for the
+    split builder's `--label-csv` path)."""
+    from mer_bench.data.schema import SPLITS
+
+    lines = ["video_id,clip_id,text,label,annotation,mode"]
+    for s in SPLITS:
+        for i, t, y in zip(ds[s].id, ds[s].raw_text, ds[s].regression_labels):
+            v, c = i.split("$_$")
+            lines.append(f"{v},{c},{t},{float(y)},x,{s}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

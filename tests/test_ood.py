@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_label_csv
 
 from mer_bench.data.schema import SPLITS, MMDataset, Split
 from mer_bench.errors import UserError
@@ -209,12 +210,7 @@ def test_cli_build_and_check_on_label_csv(tmp_path, capsys):
     ds = _tiny_dataset(n=(120, 30, 50))
     csv = tmp_path / "tiny" / "label.csv"
     csv.parent.mkdir()
-    lines = ["video_id,clip_id,text,label,annotation,mode"]
-    for s in SPLITS:
-        for i, t, y in zip(ds[s].id, ds[s].raw_text, ds[s].regression_labels):
-            v, c = i.split("$_$")
-            lines.append(f"{v},{c},{t},{float(y)},x,{s}")
-    csv.write_text("\n".join(lines) + "\n")
+    write_label_csv(ds, csv)
     out = tmp_path / "splits"
     argv = ["split", "build", "--dataset", "tiny", "--task", "binary", "--label-csv", str(csv)]
     assert main([*argv, "--out", str(out), "--seed", "5"]) == 0

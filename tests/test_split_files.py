@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_label_csv
 
 from mer_bench.data.schema import SPLITS, MMDataset, Split
 from mer_bench.errors import UserError
@@ -88,21 +89,13 @@ def test_not_json_is_one_line(tmp_path):
         files.read_split_json(p)
 
 
-def _csv(ds: MMDataset, path: Path) -> Path:
-    lines = ["video_id,clip_id,text,label,annotation,mode"]
-    for s in SPLITS:
-        for i, t, y in zip(ds[s].id, ds[s].raw_text, ds[s].regression_labels):
-            v, c = i.split("$_$")
-            lines.append(f"{v},{c},{t},{float(y)},x,{s}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_split_check_reports_checks_and_probe_and_refuses_broken_files(built, tmp_path, capsys):
     from mer_bench.cli import main
 
     ds, doc, path = built
-    csv = _csv(ds, tmp_path / "label.csv")
+    csv = write_label_csv(ds, tmp_path / "label.csv")
     args = ["split", "check", "--task", "binary", "--label-csv", str(csv), "--path", str(path)]
     assert main([*args, "--probe", "text"]) == 0
     out = capsys.readouterr().out
