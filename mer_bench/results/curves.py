@@ -31,13 +31,6 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def _file_part(dataset: str) -> str:
-    """A board dataset in a file name: a text-encoder section (`ds [text name]`) becomes
-    `ds_text-name`, so each text path has its own figures; plain names are unchanged."""
-    raw = dataset.replace(" [text ", "_text-").replace("]", "")
-    return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
-
-
 def _name(label: str, flags: dict, group: tuple) -> str:
     entry = flags.get((*group, label))
     return label + (" (not converged)" if entry is not None and not entry["converged"] else "")
@@ -72,7 +65,7 @@ def plot_curves(ev: E.Evidence, out: Path) -> list[Path]:
                    title=title)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
-            paths.append(_save(fig, out / f"curve_{protocol}_{_file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
+            paths.append(_save(fig, out / f"curve_{protocol}_{E.file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
 
@@ -111,7 +104,7 @@ def plot_smm(ev: E.Evidence, out: Path) -> list[Path]:
         ax.set(xlabel="modalities kept", ylabel=f"{metric} x100 (95% interval)",
                title=f"{dataset} ({variant}) {scenario}, {task}")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # bars stay visible
-        paths.append(_save(fig, out / f"smm_{protocol}_{_file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
+        paths.append(_save(fig, out / f"smm_{protocol}_{E.file_part(dataset)}_{variant}_{task}_{scenario}_{metric}.png"))
     return paths
 
 
@@ -141,7 +134,7 @@ def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
             ax.set(title=f"rate {lab}", xticks=[], yticks=[])
         fig.colorbar(sc, ax=axes[0].tolist(), label="class")
         fig.suptitle(f"{rec['model']} joint representation, {dataset} {rec['scenario']}")
-        name = f"joint_{rec['model'].replace('+', '-')}_{_file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
+        name = f"joint_{rec['model'].replace('+', '-')}_{E.file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"
         paths.append(_save(fig, out / name, tight=False))
     return paths
 
@@ -186,7 +179,7 @@ def plot_corrections(store: Store, records: list[dict], out: Path) -> list[Path]
         ax.set(xlabel="p(true class), factual", ylabel=f"p(true class), debiased tau={tau:g}",
                title=f"{rec['model']} {dataset} {rec['scenario']} @ {lab}")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"correction_{rec['model'].replace('+', '-')}_{_file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"))
+        paths.append(_save(fig, out / f"correction_{rec['model'].replace('+', '-')}_{E.file_part(dataset)}_{rec['variant']}_{rec['task']}_{rec['scenario']}.png"))
     return paths
 
 

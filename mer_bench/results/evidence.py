@@ -44,6 +44,14 @@ def board_dataset(rec: dict) -> str:
     return f"{rec['dataset']} [text {Path(path).name or path}]"
 
 
+def file_part(name: str) -> str:
+    """A name holding a board dataset, made safe for a file name: a text-encoder section
+    (`ds [text name]`) becomes `ds_text-name`, other unsafe characters `-`; plain names are
+    unchanged."""
+    raw = name.replace(" [text ", "_text-").replace("]", "")
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
+
+
 @dataclass
 class RunEvidence:
     """One stored run, re-scored, with lazily computed bootstrap replicates per metric."""

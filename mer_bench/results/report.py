@@ -120,9 +120,7 @@ class Group:
     @property
     def stem(self) -> str:
         """File-name stem; a text-encoder section (`ds [text name]`) becomes `ds_text-name`."""
-        raw = f"{self.protocol}_{self.dataset}_{self.variant}_{self.task}"
-        raw = raw.replace(" [text ", "_text-").replace("]", "")
-        return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
+        return E.file_part(f"{self.protocol}_{self.dataset}_{self.variant}_{self.task}")
 
     def name(self, label: str) -> str:
         entry = self.flags.get(label)
