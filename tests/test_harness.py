@@ -52,6 +52,16 @@ def test_record_has_provenance_and_tidy_rows(tmp_path):
     assert preds["scores@0.5"].shape[0] == preds["labels"].shape[0]
 
 
+def test_only_rmfm_runs_keep_joint_representations(tmp_path):
+    """Fig. 8 plots RMFM runs only; other scenarios' files do not carry the (large) joints."""
+    store = Store(tmp_path)
+    kept = {}
+    for scenario in ("rmfm-iid", "rmm-iid"):  # one shared training
+        rec = run_cell(RunConfig(model="lf_dnn", scenario=scenario, **TINY), 1111, str(tmp_path))
+        kept[scenario] = [k for k in store.load_predictions(rec["run_id"]) if k.startswith("joint@")]
+    assert kept["rmfm-iid"] and not kept["rmm-iid"]
+
+
 def test_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     cfgs = [RunConfig(model="lf_dnn", scenario=s, **TINY) for s in ("rmfm-iid", "rmm-iid")]
     cells = [(cfgs[0], 1111), (cfgs[1], 1112)]

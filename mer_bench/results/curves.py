@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mer_bench.results import evidence as E  # noqa: E402
 from mer_bench.results.stats import N_BOOT  # noqa: E402
-from mer_bench.results.store import Store  # noqa: E402
+from mer_bench.results.store import Store, keeps_joint  # noqa: E402
 from mer_bench.scoring import numeric_grid  # noqa: E402
 
 CURVE_METRICS = {"binary": ["Non0_acc_2", "Non0_F1_score"], "seven": ["Mult_acc_7", "F1_score_7"]}
@@ -115,7 +115,7 @@ def plot_joint(store: Store, records: list[dict], out: Path) -> list[Path]:
     for rec in sorted(records, key=lambda r: r["seed"]):
         dataset = E.board_dataset(rec)  # fixed features and each text encoder apart
         key = (rec["model"], dataset, rec["variant"], rec["task"], rec["scenario"], rec["protocol"])
-        if key in seen or not rec["scenario"].startswith("rmfm"):
+        if key in seen or not keeps_joint(rec["scenario"]):
             continue
         preds = store.load_predictions(rec["run_id"])
         labels = [k.split("@", 1)[1] for k in preds if k.startswith("joint@")]

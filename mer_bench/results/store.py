@@ -35,6 +35,14 @@ import pandas as pd
 
 from mer_bench.errors import UserError, warn
 
+JOINT_SCENARIO_FAMILY = "rmfm"  # Fig. 8's joint representations: RMFM curves only
+
+
+def keeps_joint(scenario: str) -> bool:
+    """Whether a run of `scenario` stores joint representations: only RMFM's are plotted, and
+    they are nine tenths of a predictions file, so other scenarios do not keep them."""
+    return scenario.split("-")[0] == JOINT_SCENARIO_FAMILY
+
 TIDY_COLUMNS = [
     "run_id",
     "model",

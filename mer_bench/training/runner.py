@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from mer_bench.errors import UserError
-from mer_bench.results.store import Store, atomic_write_bytes
+from mer_bench.results.store import Store, atomic_write_bytes, keeps_joint
 from mer_bench.training import provenance
 from mer_bench.training.keys import data_identity, dataset_slug, model_code_version
 from mer_bench.training.progress import grid_bar
@@ -506,7 +506,7 @@ def _stage_score(st: Stage) -> None:
         preds[f"scores@{p.label}"] = o["scores"]
         if "cf_scores" in o:
             preds[f"cf_scores@{p.label}"] = o["cf_scores"]
-        if "joint" in o:
+        if "joint" in o and keeps_joint(r.scenario.name):
             preds[f"joint@{p.label}"] = o["joint"][:JOINT_SAMPLES].astype(np.float16)
         if p.label in st.valid_out:
             preds[f"valid_scores@{p.label}"] = st.valid_out[p.label]["scores"]
