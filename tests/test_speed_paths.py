@@ -208,3 +208,29 @@ def test_cheap_dropout_mask_has_the_dropout_law_and_follows_the_seed():
     assert abs(float(a.mean()) - 1.0) < 0.01  # inverted dropout keeps the expectation
     rows = (a == 0).float().mean(1)  # no structure along the flattened index
     assert float(rows.std()) < 0.03
+
+
+def reference_attn_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The unfused attention KL (before the chunked autograd function)."""
+    rows = student.shape[0] * student.shape[1]
+    with torch.no_grad():
+        t_log = torch.log_softmax(teacher, dim=-1)
+        t_p = t_log.exp()
+    return (t_p * (t_log - torch.log_softmax(student, dim=-1))).sum() / rows
+
+
+def test_chunked_attention_kl_has_the_unfused_gradient_bit_for_bit(monkeypatch):
+    import cider.model as cm
+
+    g = torch.Generator().manual_seed(3)
+    teacher = 3 * torch.randn(cm.KL_CHUNK * 2 + 5, 4, 30, 30, generator=g)  # a partial chunk
+    a = (teacher + 0.3 * torch.randn(teacher.shape, generator=g)).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    (1.7 * reference_attn_kl(a, teacher)).backward()
+    (1.7 * cm.attn_kl(b, teacher)).backward()
+    assert torch.equal(a.grad, b.grad)
+    assert float(cm.attn_kl(b, teacher)) == pytest.approx(float(reference_attn_kl(a, teacher)), rel=1e-6)
+    fused, fused_scores = _short_training()
+    monkeypatch.setattr(cm, "attn_kl", reference_attn_kl)
+    reference, reference_scores = _short_training()
+    assert np.array_equal(fused_scores, reference_scores) and fused == reference
