@@ -215,3 +215,23 @@ def test_installed_wheel_finds_shipped_splits_and_builds_outside_the_package(tmp
                     "--epochs", "1"], cwd=run, env=env, check=True, capture_output=True)
     after = sorted(p for p in prefix.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert [p for p in after if p not in before] == []  # nothing written into the install
+
+
+def test_an_ood_view_does_not_keep_its_base_in_memory(monkeypatch):
+    """The repartitioned view copies what its cells read; the base leaves the cache (it was a
+    second copy of the data), and a cached view is served without rebuilding the base."""
+    from mer_bench.data import registry
+    from mer_bench.datasets import load_dataset
+
+    registry.clear_cache()
+    view = load_dataset("synth-mosi", "aligned", "ood", scale=0.05)
+    base_key = registry.iid_source("synth-mosi", "aligned", None, 0.05)[0]
+    assert base_key not in registry._CACHE and (*base_key, "ood", "binary") in registry._CACHE
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("the base was rebuilt")
+
+    monkeypatch.setattr(registry, "iid_source", lambda *a, **k: (base_key, no_rebuild))
+    monkeypatch.setattr("mer_bench.datasets.iid_source", registry.iid_source)
+    assert load_dataset("synth-mosi", "aligned", "ood", scale=0.05) is view
+    registry.clear_cache()

@@ -224,6 +224,11 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+def evict(key: tuple) -> None:
+    """Drop one dataset from the in-process cache (it is rebuilt if asked for again)."""
+    _CACHE.pop(key, None)
+
+
 def cached(key: tuple, build: Callable[[], MMDataset]) -> MMDataset:
     """The in-process dataset cache (also holds repartitioned and cross views, by key)."""
     if key in _CACHE:
@@ -254,6 +259,18 @@ def load_iid(
 ) -> tuple[MMDataset, tuple]:
     """A registered dataset (or an MMSA pickle path) with its standard split, cached in
     process; returns it with its cache key (repartitioned views extend that key)."""
+    key, build = iid_source(name, variant, data_root, scale)
+    return cached(key, build), key
+
+
+def iid_source(
+    name: str,
+    variant: str = "unaligned",
+    data_root: str | os.PathLike | None = None,
+    scale: float | None = None,
+) -> tuple[tuple, Callable[[], MMDataset]]:
+    """The cache key of a dataset's standard split and how to build it, without loading it
+    (a cached repartitioned view is then served without reloading its base)."""
     check_variant(variant)
     root = None if data_root is None else str(data_root)
     scale = None if scale is None or float(scale) == 1.0 else float(scale)
@@ -269,9 +286,9 @@ def load_iid(
 
             return shrink(read_mmsa_pickle(path, path.stem, None), scale)
 
-        return cached(key, read_file), key
+        return key, read_file
     entry = DATASETS.get(name)
     if variant not in entry.variants:
         raise UserError(f"dataset {name!r} has no {variant!r} variant; choose {entry.variants}")
     key = (name, variant, "iid", root, scale)
-    return cached(key, lambda: entry.loader(variant, None if root is None else Path(root), scale)), key
+    return key, lambda: entry.loader(variant, None if root is None else Path(root), scale)
