@@ -105,3 +105,14 @@ def test_cli_compare_models_and_stores(store):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     p = cli("compare", "--models", "lf_dnn", "--results", str(store))
     assert p.returncode == 2
+
+
+def test_every_model_of_a_twenty_model_board_gets_its_own_curve_style():
+    from types import SimpleNamespace
+
+    from mer_bench.results.curves import model_styles
+
+    labels = [f"m{i:02d}" for i in range(20)]
+    ev = SimpleNamespace(cells={("fair", "d", "aligned", "binary", "rmfm-iid", m): [] for m in labels})
+    styles = model_styles(ev)
+    assert len({(s["color"], s["ls"], s["marker"]) for s in styles.values()}) == 20

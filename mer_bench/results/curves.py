@@ -31,6 +31,18 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
+def model_styles(ev: E.Evidence) -> dict[str, dict]:
+    """One style per model label, the same in every figure: ten colours, then the same
+    colours dashed with square markers (hatched bars), so a board of 20 models stays legible."""
+    colors = plt.get_cmap("tab10").colors
+    styles = {}
+    for i, label in enumerate(sorted({k[5] for k in ev.cells})):
+        second = (i // len(colors)) % 2 == 1
+        styles[label] = {"color": colors[i % len(colors)], "ls": "--" if second else "-",
+                         "marker": "s" if second else "o", "hatch": "//" if second else None}
+    return styles
+
+
 def _name(label: str, flags: dict, group: tuple) -> str:
     entry = flags.get((*group, label))
     return label + (" (not converged)" if entry is not None and not entry["converged"] else "")
@@ -40,7 +52,7 @@ def plot_curves(ev: E.Evidence, out: Path) -> list[Path]:
     """Metric-versus-rate curves per scenario: the across-seed mean, a band for its 95%
     bootstrap interval, and the majority-class predictor of the test set as a dashed line."""
     paths = []
-    flags = E.convergence(ev)
+    flags, styles = E.convergence(ev), model_styles(ev)
     for key in sorted({k[:5] for k in ev.cells}):
         protocol, dataset, variant, task, scenario = key
         cells = {k[5]: runs for k, runs in ev.cells.items() if k[:5] == key}
@@ -53,9 +65,10 @@ def plot_curves(ev: E.Evidence, out: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(7, 4))
             for label, runs in sorted(cells.items()):
                 xs, mean, lo, hi = _band(runs, metric)
-                line = ax.plot(xs, 100 * mean, marker="o", ms=3,
-                               label=_name(label, flags, key[:4]))[0]
-                ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.12, color=line.get_color())
+                st = styles[label]
+                ax.plot(xs, 100 * mean, marker=st["marker"], ms=3, color=st["color"], ls=st["ls"],
+                        label=_name(label, flags, key[:4]))
+                ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.12, color=st["color"])
             ax.axhline(100 * E.majority_metrics(first.preds, task)[metric], color="k", ls="--",
                        lw=1, label="majority class")
             title = f"{dataset} ({variant}) {scenario}, {task}"
@@ -80,7 +93,7 @@ def _band(runs: list, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def plot_smm(ev: E.Evidence, out: Path) -> list[Path]:
     """SMM bars per presence pattern with 95% interval whiskers and the majority line."""
     paths = []
-    flags = E.convergence(ev)
+    flags, styles = E.convergence(ev), model_styles(ev)
     for key in sorted({k[:5] for k in ev.cells}):
         protocol, dataset, variant, task, scenario = key
         cells = {k[5]: runs for k, runs in ev.cells.items() if k[:5] == key}
@@ -97,7 +110,9 @@ def plot_smm(ev: E.Evidence, out: Path) -> list[Path]:
             mean = np.array([q.mean for q in qs])
             err = np.abs(np.array([[q.lo for q in qs], [q.hi for q in qs]]) - mean)
             x = np.array([SMM_ORDER.index(p) for p in pats]) + i * width
-            ax.bar(x, 100 * mean, width, yerr=100 * err, label=_name(model, flags, key[:4]))
+            st = styles[model]
+            ax.bar(x, 100 * mean, width, yerr=100 * err, color=st["color"], hatch=st["hatch"],
+                   edgecolor="white" if st["hatch"] else None, label=_name(model, flags, key[:4]))
         ax.axhline(100 * E.majority_metrics(first.preds, task)[metric], color="k", ls="--",
                    lw=1, label="majority class")
         ax.set_xticks(np.arange(len(SMM_ORDER)) + 0.4 - width / 2, SMM_ORDER)
