@@ -116,3 +116,14 @@ def test_every_model_of_a_twenty_model_board_gets_its_own_curve_style():
     ev = SimpleNamespace(cells={("fair", "d", "aligned", "binary", "rmfm-iid", m): [] for m in labels})
     styles = model_styles(ev)
     assert len({(s["color"], s["ls"], s["marker"]) for s in styles.values()}) == 20
+
+
+def test_leaderboard_names_the_majority_class_of_each_test_set(tmp_path):
+    from mer_bench.results.report import write_report
+
+    run_cells([(_cfg("lf_dnn", s), 1111) for s in ("rmfm-iid", "rmfm-ood")],
+              results=str(tmp_path / "s"), progress=False)
+    write_report(tmp_path / "s", out=tmp_path, n_boot=50)
+    line = next(x for x in (tmp_path / "leaderboard.md").read_text().splitlines()
+                if x.startswith("Majority-class predictor"))
+    assert "IID test set: Non0_acc_2" in line and "; on the OOD test set " in line

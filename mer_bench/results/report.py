@@ -278,11 +278,22 @@ def _group_lines(g: Group, metrics: list[str], convention: str, tables_dir: Path
 def _convergence_lines(g: Group, head: str) -> list[str]:
     bad = sorted(m for m, e in g.flags.items() if not e["converged"])
     maj = sorted({_x100(e["majority"]) for e in g.flags.values()})
-    lines = [f"Majority-class predictor on the IID test set: {head} {', '.join(maj) or '-'}."]
+    lines = [f"Majority-class predictor on the IID test set: {head} {', '.join(maj) or '-'}"
+             + _other_majorities(g, head) + "."]
     if bad:
         lines.append("**Not converged** (complete-data IID interval overlaps the majority "
                      "class; never marked best): " + ", ".join(f"`{m}`" for m in bad) + ".")
     return lines + [""]
+
+
+def _other_majorities(g: Group, head: str) -> str:
+    """The majority class of the other test sets (OOD, cross), which AUILC tables sit beside."""
+    seen: dict[str, str] = {}
+    for (scenario, _), runs in sorted(g.cells.items()):
+        dist = scenario.rsplit("-", 1)[-1]
+        if dist != "iid" and dist not in seen and head in E.majority_metrics(runs[0].preds, g.task):
+            seen[dist] = _x100(E.majority_metrics(runs[0].preds, g.task)[head])
+    return "".join(f"; on the {d.upper() if d == 'ood' else d} test set {v}" for d, v in seen.items())
 
 
 def _groups(ev: E.Evidence) -> list[Group]:
