@@ -43,6 +43,7 @@ def keeps_joint(scenario: str) -> bool:
     they are nine tenths of a predictions file, so other scenarios do not keep them."""
     return scenario.split("-")[0] == JOINT_SCENARIO_FAMILY
 
+
 TIDY_COLUMNS = [
     "run_id",
     "model",
