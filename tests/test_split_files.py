@@ -89,8 +89,6 @@ def test_not_json_is_one_line(tmp_path):
         files.read_split_json(p)
 
 
-
-
 def test_split_check_reports_checks_and_probe_and_refuses_broken_files(built, tmp_path, capsys):
     from mer_bench.cli import main
 

@@ -289,10 +289,13 @@ def _convergence_lines(g: Group, head: str) -> list[str]:
 def _other_majorities(g: Group, head: str) -> str:
     """The majority class of the other test sets (OOD, cross), which AUILC tables sit beside."""
     seen: dict[str, str] = {}
-    for (scenario, _), runs in sorted(g.cells.items()):
-        dist = scenario.rsplit("-", 1)[-1]
-        if dist != "iid" and dist not in seen and head in E.majority_metrics(runs[0].preds, g.task):
-            seen[dist] = _x100(E.majority_metrics(runs[0].preds, g.task)[head])
+    for _, runs in sorted(g.cells.items()):
+        dist = runs[0].rec["distribution"]  # recorded by the run, not parsed from its name
+        if dist == "iid" or dist in seen:
+            continue
+        majority = E.majority_metrics(runs[0].preds, g.task)
+        if head in majority:
+            seen[dist] = _x100(majority[head])
     return "".join(f"; on the {d.upper() if d == 'ood' else d} test set {v}" for d, v in seen.items())
 
 
