@@ -289,8 +289,8 @@ def _convergence_lines(g: Group, head: str) -> list[str]:
 def _other_majorities(g: Group, head: str) -> str:
     """The majority class of the other test sets (OOD, cross), which AUILC tables sit beside."""
     seen: dict[str, str] = {}
-    for _, runs in sorted(g.cells.items()):
-        dist = runs[0].rec["distribution"]  # recorded by the run, not parsed from its name
+    for (scenario, _), runs in sorted(g.cells.items()):
+        dist = scenario.rsplit("-", 1)[-1]  # the naming rule evidence.convergence reads too
         if dist == "iid" or dist in seen:
             continue
         majority = E.majority_metrics(runs[0].preds, g.task)
