@@ -236,8 +236,10 @@ def _per_rate_table(g: Group, scenario: str, metric: str) -> pd.DataFrame:
         cols[point] = _column(g, scenario, metric, qs, point, HIGHER_IS_BETTER.get(metric, True))
     table = pd.DataFrame(cols)
     first = next(iter(cells.values()))[0]
-    if first.rec["task"] in TABLE_METRICS and metric in E.majority_metrics(first.preds, g.task):
-        table.loc["majority class"] = _x100(E.majority_metrics(first.preds, g.task)[metric])
+    if first.rec["task"] in TABLE_METRICS:
+        majority = E.majority_metrics(first.preds, g.task)
+        if metric in majority:
+            table.loc["majority class"] = _x100(majority[metric])
     return table
 
 
