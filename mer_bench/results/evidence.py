@@ -22,6 +22,7 @@ from mer_bench.errors import UserError
 from mer_bench.metrics import HEADLINE, TAU_GRID
 from mer_bench.results import stats
 from mer_bench.results.store import TIDY_COLUMNS, Store
+from mer_bench.scenarios import distribution_of
 from mer_bench.scoring import (
     Scored,
     metric_parts,
@@ -319,7 +320,7 @@ def convergence(ev: Evidence) -> dict[tuple[str, str, str, str, str], dict]:
         group = (protocol, dataset, variant, task, label)
         runs = ev.cells[key]
         g = complete_label(runs[0].grid)
-        if group in out or not scenario.endswith("-iid") or g is None:
+        if group in out or distribution_of(scenario) != "iid" or g is None:
             continue
         head = HEADLINE[task]
         s = at_point(runs, head, g).summary()

@@ -22,6 +22,7 @@ from mer_bench.metrics import HEADLINE, HIGHER_IS_BETTER, auilc
 from mer_bench.results import evidence as E
 from mer_bench.results import stats
 from mer_bench.results.store import atomic_write_text
+from mer_bench.scenarios import distribution_of
 
 TABLE_METRICS = {
     "binary": ["Non0_acc_2", "Non0_F1_score"],
@@ -292,7 +293,7 @@ def _other_majorities(g: Group, head: str) -> str:
     """The majority class of the other test sets (OOD, cross), which AUILC tables sit beside."""
     seen: dict[str, str] = {}
     for (scenario, _), runs in sorted(g.cells.items()):
-        dist = scenario.rsplit("-", 1)[-1]  # the naming rule evidence.convergence reads too
+        dist = distribution_of(scenario)
         if dist == "iid" or dist in seen:
             continue
         majority = E.majority_metrics(runs[0].preds, g.task)

@@ -41,6 +41,14 @@ def get_scenario(name_or_mode: str, distribution: str = "iid") -> Scenario:
     return SCENARIOS.get(name_or_mode)
 
 
+def distribution_of(name: str) -> str:
+    """The distribution a scenario name stands for: the registered scenario's own, else the
+    name's `-{dist}` suffix (a hand-made store may hold names nobody registered)."""
+    if name in SCENARIOS:
+        return SCENARIOS.get(name).distribution
+    return name.rsplit("-", 1)[-1]
+
+
 def check_compatible(scenario: Scenario, aligned: bool) -> None:
     """TMFM and STMFM share time steps across modalities, so they need aligned data."""
     if scenario.requires_aligned and not aligned:
@@ -57,6 +65,7 @@ __all__ = [
     "apply_drops",
     "check_compatible",
     "counterfactual_text",
+    "distribution_of",
     "get_policy",
     "get_scenario",
 ]
