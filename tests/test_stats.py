@@ -138,3 +138,26 @@ def test_smm_dependence_and_majority():
     assert dep["L removed"] == pytest.approx(0.23) and dep["V kept"] == pytest.approx(0.30)
     y = np.array([0, 0, 2, 2, 2, 1])
     assert majority_metrics({"labels": y}, "binary")["Non0_acc_2"] == pytest.approx(0.6)
+
+
+def test_paired_sample_test_counts_samples_not_seed_repeats():
+    """Three identical seeds carry no more evidence than one: pooling them into one McNemar
+    table would (p < 0.05), the per-sample test keeps the one-seed McNemar p."""
+    a = np.array([1] * 12 + [0] * 5 + [1] * 40, dtype=bool)
+    b = np.array([0] * 12 + [1] * 5 + [1] * 40, dtype=bool)
+    one = stats.mcnemar(a, b)
+    assert stats.paired_sample_test(a[None], b[None]) == one
+    three = stats.paired_sample_test(np.stack([a] * 3), np.stack([b] * 3))
+    assert three == one and one[2] > 0.1
+    assert stats.mcnemar(np.tile(a, 3), np.tile(b, 3))[2] < 0.05
+
+
+def test_paired_sample_test_sign_flip_is_seeded_and_detects():
+    rng = np.random.default_rng(0)
+    truth = rng.random((3, 200))
+    strong, weak = truth < 0.85, truth < 0.65  # A right wherever B is, and on more samples
+    b, c, p = stats.paired_sample_test(strong, weak)
+    assert (b, c) == (b, 0) and b > 30 and p < 1e-3
+    assert stats.paired_sample_test(strong, weak) == (b, c, p)
+    null_a, null_b = rng.random((3, 200)) < 0.7, rng.random((3, 200)) < 0.7
+    assert stats.paired_sample_test(null_a, null_b)[2] > 0.05

@@ -2,8 +2,8 @@
 
 Why: every model sees identical masks and test samples, so differences are paired: the same
 bootstrap resamples (and seed draws) for both sides give an interval and a p-value for the
-difference, and McNemar's exact test on the discordant samples backs each per-rate accuracy
-difference. Everything is computed from stored predictions.
+difference, and a per-sample test (McNemar's exact test with one seed) backs each per-rate
+accuracy difference. Everything is computed from stored predictions.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def _find(ev: E.Evidence, name: str, scenario: str, protocol: str) -> dict[tuple
     return out
 
 
-def _mcnemar(a: list, b: list, metric: str, g: str) -> tuple[int, int, float] | None:
-    """Exact McNemar on discordant samples, summed over the seeds both sides have."""
+def _sample_test(a: list, b: list, metric: str, g: str) -> tuple[int, int, float] | None:
+    """The per-sample paired test (`stats.paired_sample_test`) over the seeds both sides have."""
     by_seed = {r.rec["seed"]: r for r in b}
     ca, cb = [], []
     for run in a:
@@ -50,7 +50,7 @@ def _mcnemar(a: list, b: list, metric: str, g: str) -> tuple[int, int, float] | 
         cb.append(y)
     if not ca:
         return None
-    return stats.mcnemar(np.concatenate(ca), np.concatenate(cb))
+    return stats.paired_sample_test(np.stack(ca), np.stack(cb))
 
 
 def _section(a: list, b: list, names: tuple[str, str], where: str, metric: str) -> str:
@@ -70,14 +70,18 @@ def _section(a: list, b: list, names: tuple[str, str], where: str, metric: str) 
             continue
         pa, pb = E.at_point(a, metric, g), E.at_point(b, metric, g)
         d, lo, hi, p, _ = E.paired(pa, pb)
-        mc = _mcnemar(a, b, metric, g)
+        mc = _sample_test(a, b, metric, g)
         rows.append([g, _x(pa.summary().mean), _x(pb.summary().mean),
                      f"{_x(d, True)} [{_x(lo, True)}, {_x(hi, True)}]", f"{p:.4f}",
                      "-" if mc is None else f"{mc[0]}/{mc[1]}",
                      "-" if mc is None else f"{mc[2]:.4f}"])
     lines.append(tabulate(rows, headers=["rate", names[0], names[1], "difference [95%]",
-                                         "bootstrap p", "McNemar b/c", "McNemar p"],
+                                         "bootstrap p", "b/c", "sample p"],
                             disable_numparse=True))
+    lines.append("b/c: test samples where the first (second) model is right on more of the "
+                 "shared seeds; sample p: McNemar's exact test on them (one seed) or a sign-flip "
+                 "test on each sample's seed-mean difference (several seeds: the samples, not "
+                 "their repeats over seeds, are the units)")
     return "\n".join(lines)
 
 

@@ -95,7 +95,7 @@ class RunEvidence:
         return self._curves[metric]
 
     def correct(self, metric: str, g: str) -> np.ndarray | None:
-        """Per-sample correctness behind an accuracy (on its subset), for McNemar."""
+        """Per-sample correctness behind an accuracy (on its subset), for the per-sample paired test."""
         p = self.parts(metric, g)
         if p.kind != "acc":
             return None

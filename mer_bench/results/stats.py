@@ -1,4 +1,4 @@
-"""Statistics over stored predictions: seeded paired bootstrap, McNemar, Holm, robustness indices.
+"""Statistics over stored predictions: seeded paired bootstrap, McNemar / sign-flip, Holm, robustness.
 
 Why: a leaderboard cell from one test set is an estimate. Every model sees identical masks and
 the same test samples, so the bootstrap resamples test samples once per test set (keyed by its
@@ -80,6 +80,31 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, flo
         return b, c, 1.0
     tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
     return b, c, float(min(1.0, 2 * tail))
+
+
+def paired_sample_test(correct_a: np.ndarray, correct_b: np.ndarray, n_perm: int = 10_000,
+                       seed: int = BOOT_SEED) -> tuple[int, int, float]:
+    """Paired test of two accuracies with the test samples as units: (b = samples where A is
+    right on more of the seeds, c = where B is, two-sided p). Rows are seeds, columns samples.
+
+    Why: concatenating seeds into one McNemar table counts every test sample once per seed as if
+    they were independent pairs, so three seeds of the same 172 samples look like 516 and the p
+    shrinks with no new evidence. Here each sample contributes its seed-mean difference d_i;
+    under H0 A and B are exchangeable per sample, so the sign of every d_i may flip. When every
+    d_i is -1, 0 or 1 (one seed, or seeds that agree) that is exactly McNemar's test; otherwise
+    a seeded Monte-Carlo sign-flip test."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    bb = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    d = (a - bb).mean(axis=0)
+    d = d[d != 0]
+    b, c = int(np.sum(d > 0)), int(np.sum(d < 0))
+    if np.all(np.abs(d) == 1):
+        only_a = np.arange(b + c) < b
+        return b, c, mcnemar(only_a, ~only_a)[2]
+    rng = np.random.default_rng([seed, d.size, n_perm])
+    signs = rng.integers(0, 2, size=(n_perm, d.size)) * 2 - 1
+    extreme = np.abs(signs @ d) >= abs(d.sum()) - 1e-12
+    return b, c, float((1 + extreme.sum()) / (n_perm + 1))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
