@@ -75,11 +75,16 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, flo
     p = min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)]))."""
     a, bb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     b, c = int(np.sum(a & ~bb)), int(np.sum(~a & bb))
+    return b, c, _mcnemar_p(b, c)
+
+
+def _mcnemar_p(b: int, c: int) -> float:
+    """McNemar's exact two-sided p from the discordant counts."""
     n = b + c
     if n == 0:
-        return b, c, 1.0
+        return 1.0
     tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
-    return b, c, float(min(1.0, 2 * tail))
+    return float(min(1.0, 2 * tail))
 
 
 def paired_sample_test(correct_a: np.ndarray, correct_b: np.ndarray, n_perm: int = 10_000,
@@ -99,8 +104,7 @@ def paired_sample_test(correct_a: np.ndarray, correct_b: np.ndarray, n_perm: int
     d = d[d != 0]
     b, c = int(np.sum(d > 0)), int(np.sum(d < 0))
     if np.all(np.abs(d) == 1):
-        only_a = np.arange(b + c) < b
-        return b, c, mcnemar(only_a, ~only_a)[2]
+        return b, c, _mcnemar_p(b, c)
     rng = np.random.default_rng([seed, d.size, n_perm])
     signs = rng.integers(0, 2, size=(n_perm, d.size)) * 2 - 1
     extreme = np.abs(signs @ d) >= abs(d.sum()) - 1e-12
