@@ -99,14 +99,18 @@ class MCA(nn.Module):
         q, k, v = self.in_proj(x).chunk(3, dim=-1)
         # contiguous head layouts: every block below is then a strided view, never a copy
         q = _heads(q * self.scaling, self.heads).contiguous()
-        k, v = _heads(k, self.heads).contiguous(), _heads(v, self.heads).contiguous()
+        k, v = _heads(k, self.heads).contiguous(), _heads(v, self.heads)
+        dh = v.shape[-1]
+        # values with a ones column: one matmul per block gives the weighted values and the
+        # row sums of the exponentials (no separate reduction, no gradient to add back)
+        v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
         cut = (0, lens[0], lens[0] + lens[1], sum(lens))
-        # The score tensor S = q k^T, computed block by block (slicing one materialised S
-        # would make autograd zero-fill an N x N gradient per slice).
+        # Each block of S = q k^T is its own matmul (slicing one materialised S would make
+        # autograd zero-fill an N x N gradient per slice); its shift and exponential are taken
+        # in place (the matmul's backward needs only q and k).
         qs = [q[:, :, cut[m] : cut[m + 1]] for m in range(3)]
         ks = [k[:, :, cut[j] : cut[j + 1]].transpose(-1, -2) for j in range(3)]
-        vs = [v[:, :, cut[j] : cut[j + 1]] for j in range(3)]
-        blocks = [[qs[m] @ ks[j] for j in range(3)] for m in range(3)]
+        v1s = [v1[:, :, cut[j] : cut[j + 1]] for j in range(3)]
         drop = self.training and self.attn_dropout > 0
         summaries = (self.s_l, self.s_a, self.s_v)
         outs = []
@@ -114,14 +118,18 @@ class MCA(nn.Module):
             # per key block j: shift, exp-sum and weighted values of this query block
             shift, total, value, value_drop = [], [], [], []
             for j in range(3):
+                s = qs[m] @ ks[j]
                 with torch.no_grad():  # the shift is a constant: no graph, nothing saved
-                    mx = blocks[m][j].amax(-1, keepdim=True)
-                e = torch.sub(blocks[m][j], mx).exp_()
+                    mx = s.amax(-1, keepdim=True)
+                e = s.sub_(mx).exp_()
+                weighted = e @ v1s[j]
                 shift.append(mx)
-                total.append(e.sum(-1, keepdim=True))
-                value.append(e @ vs[j])
+                value.append(weighted[..., :dh])
+                total.append(weighted[..., dh:])
                 # attention dropout acts on the full (LAV) branch only, as in the official code
-                value_drop.append(F.dropout(e, self.attn_dropout, True) @ vs[j] if drop else None)
+                value_drop.append(
+                    F.dropout(e, self.attn_dropout, True) @ v1s[j][..., :dh] if drop else None
+                )
             parts = []
             for b in MODALITY_BRANCHES[m]:
                 keys = BRANCHES[b][1]
@@ -133,7 +141,8 @@ class MCA(nn.Module):
                 parts.append(self.out_proj[b](_merge(num / den)))
             outs.append(summaries[m](torch.cat(parts, dim=-1)))
         out = self.final_out_proj(torch.cat(outs, dim=1))
-        scores = torch.cat([torch.cat(row, dim=-1) for row in blocks], dim=-2) if need_scores else None
+        # the raw scores (last layer, for distillation): one matmul over all tokens
+        scores = q @ k.transpose(-1, -2) if need_scores else None
         return out, scores
 
 

@@ -219,7 +219,7 @@ def reference_attn_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return (t_p * (t_log - torch.log_softmax(student, dim=-1))).sum() / rows
 
 
-def test_chunked_attention_kl_has_the_unfused_gradient_bit_for_bit(monkeypatch):
+def test_one_pass_attention_kl_has_the_unfused_value_and_gradient(monkeypatch):
     import cider.model as cm
 
     g = torch.Generator().manual_seed(3)
@@ -228,9 +228,15 @@ def test_chunked_attention_kl_has_the_unfused_gradient_bit_for_bit(monkeypatch):
     b = a.detach().clone().requires_grad_()
     (1.7 * reference_attn_kl(a, teacher)).backward()
     (1.7 * cm.attn_kl(b, teacher)).backward()
-    assert torch.equal(a.grad, b.grad)
-    assert float(cm.attn_kl(b, teacher)) == pytest.approx(float(reference_attn_kl(a, teacher)), rel=1e-6)
+    # equal to float rounding of the largest entry (the two differ only in where 1 = sum p_t is used)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6 * float(a.grad.abs().max()))
+    expected = float(reference_attn_kl(a, teacher).detach())
+    assert float(cm.attn_kl(b, teacher).detach()) == pytest.approx(expected, rel=1e-6)
+    with torch.no_grad():  # no gradient asked: none formed, the same value
+        assert float(cm.attn_kl(a, teacher)) == pytest.approx(expected, rel=1e-6)
     fused, fused_scores = _short_training()
     monkeypatch.setattr(cm, "attn_kl", reference_attn_kl)
     reference, reference_scores = _short_training()
-    assert np.array_equal(fused_scores, reference_scores) and fused == reference
+    np.testing.assert_allclose(fused_scores, reference_scores, atol=1e-4)
+    for k in fused:
+        assert fused[k] == pytest.approx(reference[k], abs=1e-4), k
