@@ -20,6 +20,7 @@ rows of the paper's Table V (see `ABLATIONS`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -355,7 +356,7 @@ def _kl_chunks(student: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor 
     softmax(student) - softmax(teacher) per row (the log-softmax backward of -p_t, whose row
     sums are 1), so no backward has to recompute a softmax."""
     total = student.new_zeros(())
-    grads = grad.split(KL_CHUNK) if grad is not None else [None] * len(student.split(KL_CHUNK))
+    grads = grad.split(KL_CHUNK) if grad is not None else itertools.repeat(None)
     for g, s, t in zip(grads, student.split(KL_CHUNK), teacher.split(KL_CHUNK)):
         t_log = F.log_softmax(t, dim=-1)
         s_log = F.log_softmax(s, dim=-1)
@@ -378,10 +379,9 @@ class _AttnKL(torch.autograd.Function):
         grad = torch.empty_like(student)
         value = _kl_chunks(student, teacher, grad)
         ctx.save_for_backward(grad)
-        ctx.rows = student.shape[0] * student.shape[1]
         return value
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_out / ctx.rows), None
+        return grad.mul_(grad_out / (grad.shape[0] * grad.shape[1])), None
