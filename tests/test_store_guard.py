@@ -181,6 +181,26 @@ def test_a_claimed_cell_is_not_trained_twice(tmp_path, monkeypatch):
     assert run_cell(cfg, 1111, str(tmp_path))["status"] == "finished"
 
 
+def test_a_training_shared_by_cells_is_not_trained_twice_at_once(tmp_path):
+    # rmfm-iid and trmfm-iid share one IID training: a second grid reaching the other cell
+    # while the first trains must skip it, not train the same checkpoint again beside it
+    first = RunConfig(model="lf_dnn", scenario="rmfm-iid", **TINY)
+    other = RunConfig(model="lf_dnn", scenario="trmfm-iid", **TINY)
+    r, _ = runner.identified(other, 1111)
+    key = r.train_key()
+    assert key == runner.identified(first, 1111)[0].train_key()
+    store = Store(tmp_path)
+    with store.claim_training(key):  # a live process (this one) trains it
+        with pytest.raises(CellBusy, match="training .* is running"):
+            run_cell(other, 1111, str(tmp_path))
+        assert run_cells([(other, 1111)], results=str(tmp_path), progress=False) == []
+        assert not store.checkpoint_path(key).exists() and not store.is_done(r.run_id)
+    assert not store.training_claim_path(key).exists()
+    assert not run_cell(other, 1111, str(tmp_path))["checkpoint_reused"]
+    assert run_cell(first, 1111, str(tmp_path))["checkpoint_reused"]
+    assert not list((tmp_path / "checkpoints").glob("*.claim"))
+
+
 def test_orphaned_worker_exits(tmp_path):
     child = (
         f"import os, sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r});"

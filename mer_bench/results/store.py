@@ -4,8 +4,8 @@ Why: every finished cell is written atomically (temp file + rename) and the JSON
 written last, so its presence means "done"; an interrupted grid resumes by skipping recorded
 runs, and tables, AUILC variants and plots are rebuilt from the store alone. The store also
 defends itself: a corrupt or foreign file is reported by name and skipped (never a traceback,
-never silently used), a run's CSV must agree with its JSON record, and a claim file keeps two
-processes from computing one cell at once.
+never silently used), a run's CSV must agree with its JSON record, and claim files keep two
+processes from computing one cell, or one training, at once.
 
 Layout under the store root (default `results/`):
   runs/<run_id>.json         provenance record (config, versions, timings, tau, AUILC)
@@ -14,6 +14,7 @@ Layout under the store root (default `results/`):
   predictions/<run_id>.npz   per-rate test (and validation) scores, labels, ids
   checkpoints/<train_key>.pt trained weights shared by scenarios with the same training
   runs/<run_id>.claim        held while a process computes the cell (pid, host)
+  checkpoints/<train_key>.claim  held while a process trains that checkpoint
 """
 
 from __future__ import annotations
@@ -137,34 +138,22 @@ class Store:
     def claim_path(self, run_id: str) -> Path:
         return self.root / "runs" / f"{run_id}.claim"
 
+    def training_claim_path(self, train_key: str) -> Path:
+        return self.root / "checkpoints" / f"{train_key}.claim"
+
     @contextmanager
     def claim(self, run_id: str) -> Iterator[None]:
         """Hold `runs/<run_id>.claim` (atomic create) while computing a cell; a claim left by a
         dead process on this host is taken over, a live one is a one-line error."""
-        path = self.claim_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileExistsError:
-                holder = _claim_holder(path)
-                if holder is None:  # stale: its process is gone
-                    path.unlink(missing_ok=True)
-                    continue
-                raise CellBusy(
-                    f"cell {run_id} is being computed by process {holder} (claim file {path}); "
-                    "wait for it, or delete the claim file if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            break
-        else:
-            raise CellBusy(f"could not claim cell {run_id} ({path})")
-        try:
+        with _hold(self.claim_path(run_id), f"cell {run_id} is being computed"):
             yield
-        finally:
-            path.unlink(missing_ok=True)
+
+    @contextmanager
+    def claim_training(self, train_key: str) -> Iterator[None]:
+        """Hold `checkpoints/<train_key>.claim` while training: cells of other scenarios share
+        one training, so two grids side by side would otherwise train it twice at once."""
+        with _hold(self.training_claim_path(train_key), f"training {train_key} is running"):
+            yield
 
     def write_run(
         self,
@@ -255,7 +244,36 @@ class Store:
 
 
 class CellBusy(UserError):
-    """Another live process holds the cell's claim file."""
+    """Another live process holds the cell's (or its training's) claim file."""
+
+
+@contextmanager
+def _hold(path: Path, busy: str) -> Iterator[None]:
+    """Create `path` atomically holding 'pid host' for the duration; a stale claim (its
+    process gone, same host) is taken over, a live one raises CellBusy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _claim_holder(path)
+            if holder is None:  # stale: its process is gone
+                path.unlink(missing_ok=True)
+                continue
+            raise CellBusy(
+                f"{busy} in process {holder} (claim file {path}); "
+                "wait for it, or delete the claim file if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise CellBusy(f"could not claim {path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _claim_holder(path: Path) -> str | None:

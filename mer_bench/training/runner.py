@@ -303,8 +303,17 @@ def _build_and_train(
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
     if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
-        info = _load_checkpoint(model, ckpt, key, r.seed)
-        return model, info, key, True
+        return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
+    with store.claim_training(key):  # busy: this cell is skipped, as a claimed cell is
+        if ckpt.exists() and not retrain:  # written by another process meanwhile
+            return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
+        result = _train_and_save(r, ds, model, device, point, progress, ckpt, key)
+    return model, result, key, False
+
+
+def _train_and_save(r: Resolved, ds, model, device: str, point, progress: bool, ckpt,
+                    key: str) -> TrainResult:
+    """Train with validation-only early stopping and write the checkpoint atomically."""
     settings = TrainSettings(
         task=r.cfg.task,
         epochs=r.epochs,
@@ -341,7 +350,7 @@ def _build_and_train(
     except OSError as e:
         raise UserError(f"could not write checkpoint {ckpt} ({e.strerror or e})") from None
     _FRESH.add(str(ckpt))
-    return model, result, key, False
+    return result
 
 
 def _load_checkpoint(model: torch.nn.Module, ckpt, key: str, seed: int) -> TrainResult:
