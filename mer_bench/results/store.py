@@ -27,7 +27,7 @@ import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +141,15 @@ class Store:
     def training_claim_path(self, train_key: str) -> Path:
         return self.root / "checkpoints" / f"{train_key}.claim"
 
-    @contextmanager
-    def claim(self, run_id: str) -> Iterator[None]:
+    def claim(self, run_id: str) -> AbstractContextManager[None]:
         """Hold `runs/<run_id>.claim` (atomic create) while computing a cell; a claim left by a
         dead process on this host is taken over, a live one is a one-line error."""
-        with _hold(self.claim_path(run_id), f"cell {run_id} is being computed"):
-            yield
+        return _hold(self.claim_path(run_id), f"cell {run_id} is being computed")
 
-    @contextmanager
-    def claim_training(self, train_key: str) -> Iterator[None]:
+    def claim_training(self, train_key: str) -> AbstractContextManager[None]:
         """Hold `checkpoints/<train_key>.claim` while training: cells of other scenarios share
         one training, so two grids side by side would otherwise train it twice at once."""
-        with _hold(self.training_claim_path(train_key), f"training {train_key} is running"):
-            yield
+        return _hold(self.training_claim_path(train_key), f"training {train_key} is running")
 
     def write_run(
         self,

@@ -302,10 +302,13 @@ def _build_and_train(
         model.prepare_eval(ds["valid"])
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
-    if ckpt.exists() and (not retrain or str(ckpt) in _FRESH):
+    def reusable() -> bool:
+        return ckpt.exists() and (not retrain or str(ckpt) in _FRESH)
+
+    if reusable():
         return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
     with store.claim_training(key):  # busy: this cell is skipped, as a claimed cell is
-        if ckpt.exists() and not retrain:  # written by another process meanwhile
+        if reusable():  # written by another process while this one checked
             return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
         result = _train_and_save(r, ds, model, device, point, progress, ckpt, key)
     return model, result, key, False
