@@ -208,6 +208,9 @@ class CLUE(BenchModel):
     def prepare_eval(self, split: Split) -> None:
         self.base.prepare_eval(split)
 
+    def selection_start(self, epochs: int) -> int:
+        return self.base.selection_start(epochs)
+
     def start_epoch(self, epoch: int, epochs: int) -> None:
         super().start_epoch(epoch, epochs)
         self.base.start_epoch(epoch, epochs)

@@ -32,7 +32,11 @@ Deliberate differences from the official code, and why:
   trains everything on complete data (L1 + flow NLL, no recovery); the rest is the official
   missing-data stage, with the projections frozen (the official runs them under `no_grad`)
   and recovery trained on the corrupted batch against the clean projection. The boundary is
-  recorded in the hparams (`complete_epochs`, `epochs_budget`).
+  recorded in the hparams (`complete_epochs`, `epochs_budget`). The complete-data stage is
+  the trainer's warm-up (`selection_start`): a fixed learning rate, no validation, and kept
+  once per (data, seed, budget), so every missing rate's run starts from the same pretrained
+  weights, as the official runs all start from one download; validation, the plateau
+  schedule, selection and patience belong to the missing-data stage, with a fresh optimiser.
 - Flows see detached projections (as official: no flow gradient reaches the projections);
   NLL and losses average over valid steps only; key-padding masks as in `baselines.mult`.
 - `flow_mode="coupling"` (default) runs only the couplings, as the official `Flow.forward`;
@@ -196,11 +200,16 @@ class DiCMoR(BenchModel):
         self.stage = "missing"
 
     # --- stages ------------------------------------------------------------------------
+    def selection_start(self, epochs: int) -> int:
+        """The missing-data stage is the run: the complete-data stage before it is the
+        harness's warm-up (no validation or selection), shared by every run of its seed."""
+        return int(self.hparams["complete_fraction"] * epochs)
+
     def start_epoch(self, epoch: int, epochs: int) -> None:
-        """Complete-data stage for the first `complete_fraction` of the budget, then the
-        missing-data stage; the boundary is recorded in the hparams."""
+        """Complete-data stage before `selection_start`, then the missing-data stage; the
+        boundary is recorded in the hparams."""
         super().start_epoch(epoch, epochs)
-        n_complete = int(self.hparams["complete_fraction"] * epochs)
+        n_complete = self.selection_start(epochs)
         self.hparams["complete_epochs"] = n_complete
         self.hparams["epochs_budget"] = epochs
         self.stage = "complete" if epoch < n_complete else "missing"

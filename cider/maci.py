@@ -278,6 +278,9 @@ class MACI(BenchModel):
         self.base.prepare_eval(split)
         self.mcm.set_eval(mean_of_class_means(split, self.task))
 
+    def selection_start(self, epochs: int) -> int:
+        return self.base.selection_start(epochs)
+
     def start_epoch(self, epoch: int, epochs: int) -> None:
         super().start_epoch(epoch, epochs)
         self.base.start_epoch(epoch, epochs)

@@ -92,6 +92,13 @@ class BenchModel(nn.Module):
         it on to their base. The default records them."""
         self.epoch, self.epochs_budget = epoch, epochs
 
+    def selection_start(self, epochs: int) -> int:
+        """The first epoch of the model's last training stage (0: a single stage). The epochs
+        before it are a warm-up that the trainer runs without validation, schedule, selection
+        or patience, and then it starts a fresh optimiser and schedule, as a run started from
+        that stage's pretrained weights would; wrappers answer for their base."""
+        return 0
+
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

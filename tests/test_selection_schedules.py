@@ -161,3 +161,97 @@ def test_run_record_carries_selection_and_updates(tmp_path):
     assert rec["updates"] == rec["training"]["epochs_run"] * per_epoch > 0
     hist = rec["training"]["history"]
     assert all({"valid_loss", "valid_Non0_acc_2", "lr", "updates"} <= set(h) for h in hist)
+
+
+class _Staged(_Constant):
+    """A two-stage model: two warm-up epochs, then the selected stage. Its scores carry
+    noise drawn from torch's RNG, so a warm-up loaded from a store must restore that too."""
+
+    def __init__(self) -> None:
+        super().__init__("loss")
+        self.calls: list[tuple[str, int]] = []
+
+    def selection_start(self, epochs: int) -> int:
+        return 2
+
+    def forward(self, batch) -> ModelOutput:
+        noise = 0.01 * torch.rand(()) if self.training else 0.0
+        return ModelOutput(scores=self.bias.expand(len(batch)) + noise + 0.0 * batch.y_reg)
+
+    def configure_optimizer(self):
+        self.calls.append(("optimizer", getattr(self, "epoch", -1)))
+        return super().configure_optimizer()
+
+    def configure_scheduler(self, optimizer):
+        self.calls.append(("scheduler", self.epoch))
+        return None
+
+
+def _staged_run(store=None):
+    from mer_bench.training.trainer import seed_torch
+
+    seed_torch(7)
+    model = _Staged()
+    tr, va = _positive_split(24, 0), _positive_split(12, 1)
+    res = train(model, tr, va, TrainSettings(epochs=6, patience=1, batch_size=8), None,
+                COMPLETE, warmup=store)
+    return model, res
+
+
+def test_a_warm_up_is_never_validated_selected_or_counted_for_patience():
+    model, res = _staged_run()
+    warm = res.history[:2]
+    assert [h.get("stage") for h in warm] == ["warm-up", "warm-up"]
+    assert all(np.isnan(h["valid_loss"]) for h in warm)
+    assert res.best_epoch >= 2 and res.epochs_run >= 4  # patience 1 counts from epoch 2
+    # a fresh optimiser and schedule at the stage boundary, as from pretrained weights
+    assert model.calls == [("optimizer", -1), ("optimizer", 1), ("scheduler", 2)]
+    lrs = [h["lr"] for h in res.history]
+    assert lrs == pytest.approx([0.05] * len(lrs))
+
+
+def test_a_stored_warm_up_continues_exactly_as_an_uninterrupted_run():
+    from mer_bench.training.trainer import WarmupStore
+
+    kept: dict = {}
+    store = WarmupStore(load=lambda: kept.get("s"), save=lambda s: kept.update(s=s))
+    plain, res_plain = _staged_run()
+    first, res_first = _staged_run(store)  # trains the warm-up and keeps it
+    again, res_again = _staged_run(store)  # loads it: no warm-up epoch is run
+    assert "s" in kept and again.calls[0] == ("optimizer", -1) and len(again.calls) == 2
+    for res, model in ((res_first, first), (res_again, again)):
+        assert repr(res.history) == repr(res_plain.history)  # NaN-safe: warm-up never validates
+        assert res.best_epoch == res_plain.best_epoch
+        assert torch.equal(model.bias, plain.bias) and res.updates == res_plain.updates
+
+
+def test_wrappers_answer_for_their_base_stages():
+    from mer_bench.data.schema import DataSpec as Spec
+
+    spec = Spec(dims=(12, 5, 6), lens=(6, 6, 6), aligned=True, has_text_ids=True)
+    tiny = {"d_model": 8, "num_heads": 2, "layers": 1, "mem_layers": 1, "n_flow": 2,
+            "flow_hidden": 8, "rcan_blocks": 1, "rcan_reduction": 4,
+            "kernel_text": 3, "kernel_audio": 3, "kernel_vision": 3}
+    assert build_model("dicmor", spec, "binary", **tiny).selection_start(30) == 15
+    assert build_model("mult", SPEC, "binary", d_model=8, num_heads=2,
+                       layers=1).selection_start(30) == 0
+
+
+def test_one_to_one_rates_share_one_warm_up(tmp_path):
+    """DiCMoR's complete-data stage is trained once per seed: every missing rate's run starts
+    from it, as every official run starts from one pretrained download."""
+    from mer_bench.data.safe_pickle import safe_torch_load
+    from mer_bench.training.runner import RunConfig, run_cell
+
+    tiny = (("d_model", 8), ("num_heads", 2), ("layers", 1), ("mem_layers", 1), ("n_flow", 2),
+            ("flow_hidden", 8), ("rcan_blocks", 1), ("rcan_reduction", 4))
+    cfg = RunConfig(model="dicmor", scenario="rmfm-iid", dataset="synth-mosi", scale=0.05,
+                    variant="aligned", epochs=2, rates=(0.0, 0.5), hparams=tiny, device="cpu")
+    run_cell(cfg, 1111, str(tmp_path))
+    ckpts = sorted((tmp_path / "checkpoints").iterdir())
+    warm = [p for p in ckpts if p.name.split(".")[0].endswith("__warmup")]
+    runs = [safe_torch_load(p) for p in ckpts if p not in warm and p.suffix == ".pt"]
+    assert len(warm) == 1 and len(runs) == 2
+    heads = [s["info"]["history"][0] for s in runs]
+    assert heads[0]["stage"] == "warm-up" and repr(heads[0]) == repr(heads[1])
+    assert all(s["info"]["best_epoch"] == 1 for s in runs)  # selected in the missing stage

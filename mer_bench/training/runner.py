@@ -29,6 +29,7 @@ from mer_bench.training.selection import describe as describe_selection
 from mer_bench.training.trainer import (
     TrainResult,
     TrainSettings,
+    WarmupStore,
     predict,
     resolve_device,
     seed_torch,
@@ -93,8 +94,19 @@ class Resolved:
     def train_key(self, point_label: str | None = None) -> str:
         """Keys a trained model: everything that shapes training, the data's identity and
         the model's code version, so a stale checkpoint is never reused."""
+        return self._key(self._key_payload(point_label))
+
+    def warmup_key(self) -> str:
+        """Keys a model's warm-up stage (`BenchModel.selection_start`): the training key
+        without what only the selected stage sees (policy, one-to-one point, patience)."""
+        payload = self._key_payload(None)
+        for name in ("policy", "one_to_one_point", "one_to_one_mode", "patience"):
+            payload.pop(name)
+        return self._key({**payload, "stage": "warm-up"}) + "__warmup"
+
+    def _key_payload(self, point_label: str | None) -> dict[str, Any]:
         c = self.cfg
-        payload = {
+        return {
             "model": c.model,
             "dataset": c.dataset,
             "variant": c.variant,
@@ -113,8 +125,10 @@ class Resolved:
             "code": model_code_version(c.model),
             **({"text_encoder": self.text_encoder} if self.text_encoder else {}),
         }
-        slug = dataset_slug(c.dataset)
-        return f"{c.model.replace('+', '-')}__{slug}__{provenance.config_hash(payload)}"
+
+    def _key(self, payload: dict[str, Any]) -> str:
+        slug = dataset_slug(self.cfg.dataset)
+        return f"{self.cfg.model.replace('+', '-')}__{slug}__{provenance.config_hash(payload)}"
 
 
 def _run_id(r: Resolved, h: str) -> str:
@@ -310,12 +324,13 @@ def _build_and_train(
     with store.claim_training(key):  # busy: this cell is skipped, as a claimed cell is
         if reusable():  # written by another process while this one checked
             return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
-        result = _train_and_save(r, ds, model, device, point, progress, ckpt, key)
+        result = _train_and_save(r, ds, model, device, point, progress, ckpt, key,
+                                 _warmup_store(r, store, retrain))
     return model, result, key, False
 
 
 def _train_and_save(r: Resolved, ds, model, device: str, point, progress: bool, ckpt,
-                    key: str) -> TrainResult:
+                    key: str, warmup: WarmupStore) -> TrainResult:
     """Train with validation-only early stopping and write the checkpoint atomically."""
     settings = TrainSettings(
         task=r.cfg.task,
@@ -342,18 +357,44 @@ def _train_and_save(r: Resolved, ds, model, device: str, point, progress: bool, 
         val_points,
         progress=progress,
         desc=f"{r.cfg.model} s{r.seed}" + (f" @{point.label}" if r.policy == "fixed-rate" else ""),
+        warmup=warmup,
     )
-    buf = io.BytesIO()
-    torch.save(
-        {"model": model.state_dict(), "info": asdict(result), "seed": r.seed, "train_key": key},
-        buf,
-    )
-    try:
-        atomic_write_bytes(ckpt, buf.getvalue())
-    except OSError as e:
-        raise UserError(f"could not write checkpoint {ckpt} ({e.strerror or e})") from None
+    _save_state(ckpt, {"model": model.state_dict(), "info": asdict(result), "seed": r.seed,
+                       "train_key": key})
     _FRESH.add(str(ckpt))
     return result
+
+
+def _save_state(path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise UserError(f"could not write checkpoint {path} ({e.strerror or e})") from None
+
+
+def _warmup_store(r: Resolved, store: Store, retrain: bool) -> WarmupStore:
+    """A model's warm-up kept beside the checkpoints under `warmup_key`, checked on load like
+    a checkpoint (with `retrain`, only one this process wrote is reused)."""
+    from mer_bench.data.safe_pickle import safe_torch_load
+
+    key = r.warmup_key()
+    path = store.checkpoint_path(key)
+
+    def load() -> dict | None:
+        if not path.exists() or (retrain and str(path) not in _FRESH):
+            return None
+        state = safe_torch_load(path)
+        if not isinstance(state, dict) or state.get("warmup_key") != key:
+            raise UserError(f"{path} is not the warm-up {key}; delete it or rerun with --force")
+        return state
+
+    def save(state: dict) -> None:
+        _save_state(path, {**state, "warmup_key": key})
+        _FRESH.add(str(path))
+
+    return WarmupStore(load, save)
 
 
 def _load_checkpoint(model: torch.nn.Module, ckpt, key: str, seed: int) -> TrainResult:

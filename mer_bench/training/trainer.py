@@ -136,9 +136,10 @@ def validate(
     return np.concatenate(scores), total / max(len(split), 1)
 
 
-def _count_updates(optimizer: torch.optim.Optimizer) -> list[int]:
-    """A one-element counter of optimiser steps (whatever a model's train_step does)."""
-    count = [0]
+def _count_updates(optimizer: torch.optim.Optimizer, count: list[int] | None = None) -> list[int]:
+    """A one-element counter of optimiser steps (whatever a model's train_step does); pass
+    `count` to go on counting on a new optimiser."""
+    count = [0] if count is None else count
 
     def hook(*_args) -> None:
         count[0] += 1
@@ -167,6 +168,74 @@ def _valid_epoch(model, valid_split, valid_points, settings) -> tuple[float, flo
     return float(np.mean(losses)), float(np.mean(heads))
 
 
+def _begin_epoch(model: BenchModel, epoch: int, epochs: int) -> None:
+    model.train()
+    model.start_epoch(epoch, epochs)
+
+
+def _train_epoch(model, train_split, settings, train_drops, optimizer, epoch: int) -> float:
+    """One epoch of training steps in the (seed, epoch) order (after `model.start_epoch`);
+    the mean total loss."""
+    order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_split))
+    losses: list[dict] = []
+    for idx in batches(len(train_split), settings.batch_size, order):
+        clean = make_batch(train_split, idx, settings.device)
+        corrupted = _corrupt(clean, train_split, idx, train_drops, epoch)
+        losses.append(model.train_step(clean, corrupted, optimizer))
+    return float(np.mean([sum(x.values()) for x in losses])) if losses else float("nan")
+
+
+@dataclass
+class WarmupStore:
+    """Where a model's warm-up stage (epochs before `BenchModel.selection_start`) is kept.
+    The warm-up trains on complete data and never validates, so it depends only on the model,
+    data, seed and budget, and every run sharing those (each missing rate of a one-to-one
+    grid, each training policy) starts from one copy."""
+
+    load: Callable[[], dict | None]
+    save: Callable[[dict], None]
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _warm_up(model, train_split, settings, start: int,
+             store: WarmupStore | None, bar) -> tuple[list[dict], int, bool]:
+    """Epochs 0..start-1 on complete data at a fixed learning rate, or their stored result
+    (weights and the RNG state after them, so the run goes on exactly as without the store);
+    (history, optimiser steps, whether it was loaded)."""
+    state = store.load() if store is not None else None
+    if state is None:
+        optimizer = model.configure_optimizer()
+        updates = _count_updates(optimizer)
+        history = []
+        for epoch in range(start):
+            _begin_epoch(model, epoch, settings.epochs)
+            lr = float(optimizer.param_groups[0]["lr"])
+            loss = _train_epoch(model, train_split, settings, None, optimizer, epoch)
+            history.append({"epoch": epoch, "loss": loss, "lr": lr, "valid_loss": float("nan"),
+                            f"valid_{HEADLINE[settings.task]}": float("nan"),
+                            "updates": updates[0], "stage": "warm-up"})
+            bar.update(-1, 0, loss=f"{loss:.3f}", stage="warm-up")
+        state = {"model": copy.deepcopy(model.state_dict()), "rng": _rng_state(),
+                 "history": history, "updates": updates[0]}
+        if store is not None:
+            store.save(state)
+        return list(history), updates[0], False
+    model.load_state_dict(state["model"])
+    _set_rng_state(state["rng"])
+    bar.skip(start, stage="warm-up loaded")
+    return list(state["history"]), int(state["updates"]), True
+
+
 def train(
     model: BenchModel,
     train_split: Split,
@@ -176,37 +245,32 @@ def train(
     valid_points: Sequence[tuple[GridPoint, EvalDrops | None]],
     progress: bool = False,
     desc: str = "train",
+    warmup: WarmupStore | None = None,
 ) -> TrainResult:
     """Train with early stopping on the model's selection criterion over `valid_points`
-    (validation data only); the best state is loaded back into `model` at the end."""
+    (validation data only), from `selection_start` on after a warm-up (kept in `warmup`);
+    the best state is loaded back into `model` at the end."""
     from mer_bench.training.progress import EpochBar
 
-    device = settings.device
-    model.to(device)
-    optimizer = model.configure_optimizer()
-    updates = _count_updates(optimizer)
-    scheduler = None
+    model.to(settings.device)
     headline = HEADLINE[settings.task]
+    first = model.selection_start(settings.epochs)
+    bar = EpochBar(settings.epochs, settings.patience, desc, progress, start=first)
+    t0 = time.perf_counter()
+    history, done, loaded = ([], 0, False) if first == 0 else _warm_up(
+        model, train_split, settings, first, warmup, bar)
+    optimizer = model.configure_optimizer()
+    updates = _count_updates(optimizer, [done])
+    scheduler = None
     best_key: tuple[float, ...] | None = None
     best = {"epoch": -1, "head": float("nan"), "loss": float("nan")}
-    best_state, wait = None, 0
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    bar = EpochBar(settings.epochs, settings.patience, desc, progress)
-    epoch = 0
-    for epoch in range(settings.epochs):
-        model.train()
-        model.start_epoch(epoch, settings.epochs)
-        if epoch == 0:
+    best_state, wait, epoch = None, 0, first
+    for epoch in range(first, settings.epochs):
+        _begin_epoch(model, epoch, settings.epochs)
+        if epoch == first:  # built after start_epoch(first): budget-aware schedules see it
             scheduler = model.configure_scheduler(optimizer)
         lr = float(optimizer.param_groups[0]["lr"])
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_split))
-        losses: list[dict] = []
-        for idx in batches(len(train_split), settings.batch_size, order):
-            clean = make_batch(train_split, idx, device)
-            corrupted = _corrupt(clean, train_split, idx, train_drops, epoch)
-            losses.append(model.train_step(clean, corrupted, optimizer))
-        mean_loss = float(np.mean([sum(x.values()) for x in losses])) if losses else float("nan")
+        mean_loss = _train_epoch(model, train_split, settings, train_drops, optimizer, epoch)
         if valid_points:
             v_loss, v_head = _valid_epoch(model, valid_split, valid_points, settings)
             key = selection_key(model.selection, v_loss, v_head)
@@ -230,7 +294,8 @@ def train(
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - t0
     run = epoch + 1
+    ran_here = run - first if loaded else run
     return TrainResult(
-        best["epoch"], float(best["head"]), run, history, seconds, seconds / max(run, 1),
+        best["epoch"], float(best["head"]), run, history, seconds, seconds / max(ran_here, 1),
         updates=updates[0], selection=model.selection, best_valid_loss=float(best["loss"]),
     )
