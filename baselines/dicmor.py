@@ -33,10 +33,11 @@ Deliberate differences from the official code, and why:
   missing-data stage, with the projections frozen (the official runs them under `no_grad`)
   and recovery trained on the corrupted batch against the clean projection. The boundary is
   recorded in the hparams (`complete_epochs`, `epochs_budget`). The complete-data stage is
-  the trainer's warm-up (`selection_start`): a fixed learning rate, no validation, and kept
-  once per (data, seed, budget), so every missing rate's run starts from the same pretrained
-  weights, as the official runs all start from one download; validation, the plateau
-  schedule, selection and patience belong to the missing-data stage, with a fresh optimiser.
+  the trainer's warm-up (`selection_start`): a fixed learning rate, ending on its best
+  complete-data validation epoch, and kept once per (data, seed, budget), so every missing
+  rate's run starts from the same pretrained weights, as the official runs all start from one
+  download; the plateau schedule, patience and the run's selection belong to the
+  missing-data stage, with a fresh optimiser.
 - Flows see detached projections (as official: no flow gradient reaches the projections);
   NLL and losses average over valid steps only; key-padding masks as in `baselines.mult`.
 - `flow_mode="coupling"` (default) runs only the couplings, as the official `Flow.forward`;
@@ -202,7 +203,7 @@ class DiCMoR(BenchModel):
     # --- stages ------------------------------------------------------------------------
     def selection_start(self, epochs: int) -> int:
         """The missing-data stage is the run: the complete-data stage before it is the
-        harness's warm-up (no validation or selection), shared by every run of its seed."""
+        harness's warm-up (its pretraining), shared by every run of its seed."""
         return int(self.hparams["complete_fraction"] * epochs)
 
     def start_epoch(self, epoch: int, epochs: int) -> None:

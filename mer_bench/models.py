@@ -94,9 +94,10 @@ class BenchModel(nn.Module):
 
     def selection_start(self, epochs: int) -> int:
         """The first epoch of the model's last training stage (0: a single stage). The epochs
-        before it are a warm-up that the trainer runs without validation, schedule, selection
-        or patience, and then it starts a fresh optimiser and schedule, as a run started from
-        that stage's pretrained weights would; wrappers answer for their base."""
+        before it are a warm-up on complete data that ends on its best complete-data
+        validation epoch (a pretrained model), with no schedule or patience; then the trainer
+        starts a fresh optimiser and schedule, as a run from pretrained weights would, and
+        selection and patience count from there. Wrappers answer for their base."""
         return 0
 
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract

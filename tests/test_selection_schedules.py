@@ -164,19 +164,31 @@ def test_run_record_carries_selection_and_updates(tmp_path):
 
 
 class _Staged(_Constant):
-    """A two-stage model: two warm-up epochs, then the selected stage. Its scores carry
-    noise drawn from torch's RNG, so a warm-up loaded from a store must restore that too."""
+    """A two-stage model: three warm-up epochs, then the selected stage. Its scores carry
+    noise drawn from torch's RNG, so a warm-up loaded from a store must restore that too; its
+    validation loss is scripted so that the warm-up's best epoch is its first."""
+
+    SCRIPT = {0: 0.5, 1: 0.9, 2: 0.7}
 
     def __init__(self) -> None:
         super().__init__("loss")
         self.calls: list[tuple[str, int]] = []
+        self.at_start: dict[int, float] = {}
 
     def selection_start(self, epochs: int) -> int:
-        return 2
+        return 3
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        super().start_epoch(epoch, epochs)
+        self.at_start[epoch] = float(self.bias.detach())
 
     def forward(self, batch) -> ModelOutput:
         noise = 0.01 * torch.rand(()) if self.training else 0.0
         return ModelOutput(scores=self.bias.expand(len(batch)) + noise + 0.0 * batch.y_reg)
+
+    def selection_loss(self, out, batch):
+        real = super().selection_loss(out, batch)
+        return torch.tensor(self.SCRIPT[self.epoch]) if self.epoch in self.SCRIPT else real
 
     def configure_optimizer(self):
         self.calls.append(("optimizer", getattr(self, "epoch", -1)))
@@ -193,19 +205,21 @@ def _staged_run(store=None):
     seed_torch(7)
     model = _Staged()
     tr, va = _positive_split(24, 0), _positive_split(12, 1)
-    res = train(model, tr, va, TrainSettings(epochs=6, patience=1, batch_size=8), None,
+    res = train(model, tr, va, TrainSettings(epochs=7, patience=1, batch_size=8), None,
                 COMPLETE, warmup=store)
     return model, res
 
 
-def test_a_warm_up_is_never_validated_selected_or_counted_for_patience():
+def test_a_warm_up_ends_on_its_best_epoch_and_is_not_selected_or_counted_for_patience():
     model, res = _staged_run()
-    warm = res.history[:2]
-    assert [h.get("stage") for h in warm] == ["warm-up", "warm-up"]
-    assert all(np.isnan(h["valid_loss"]) for h in warm)
-    assert res.best_epoch >= 2 and res.epochs_run >= 4  # patience 1 counts from epoch 2
+    warm = res.history[:3]
+    assert [h.get("stage") for h in warm] == ["warm-up"] * 3
+    assert [h["valid_loss"] for h in warm] == pytest.approx([0.5, 0.9, 0.7])
+    # the stage starts from the warm-up's best epoch (0), not its last one (2)
+    assert model.at_start[3] == model.at_start[1] != model.at_start[2]
+    assert res.best_epoch >= 3 and res.epochs_run >= 5  # patience 1 counts from epoch 3
     # a fresh optimiser and schedule at the stage boundary, as from pretrained weights
-    assert model.calls == [("optimizer", -1), ("optimizer", 1), ("scheduler", 2)]
+    assert model.calls == [("optimizer", -1), ("optimizer", 2), ("scheduler", 3)]
     lrs = [h["lr"] for h in res.history]
     assert lrs == pytest.approx([0.05] * len(lrs))
 
@@ -218,7 +232,8 @@ def test_a_stored_warm_up_continues_exactly_as_an_uninterrupted_run():
     plain, res_plain = _staged_run()
     first, res_first = _staged_run(store)  # trains the warm-up and keeps it
     again, res_again = _staged_run(store)  # loads it: no warm-up epoch is run
-    assert "s" in kept and again.calls[0] == ("optimizer", -1) and len(again.calls) == 2
+    assert "s" in kept and again.calls == [("optimizer", -1), ("scheduler", 3)]
+    assert sorted(again.at_start) == [3, 4, 5, 6][: len(again.at_start)]  # no warm-up epoch ran
     for res, model in ((res_first, first), (res_again, again)):
         assert repr(res.history) == repr(res_plain.history)  # NaN-safe: warm-up never validates
         assert res.best_epoch == res_plain.best_epoch
@@ -255,3 +270,4 @@ def test_one_to_one_rates_share_one_warm_up(tmp_path):
     heads = [s["info"]["history"][0] for s in runs]
     assert heads[0]["stage"] == "warm-up" and repr(heads[0]) == repr(heads[1])
     assert all(s["info"]["best_epoch"] == 1 for s in runs)  # selected in the missing stage
+    assert all(np.isfinite(s["info"]["history"][0]["valid_loss"]) for s in runs)

@@ -21,7 +21,7 @@ from mer_bench.data.batch import Batch, make_batch
 from mer_bench.data.schema import Split
 from mer_bench.metrics import HEADLINE
 from mer_bench.models import BenchModel
-from mer_bench.scenarios.base import Drops, GridPoint, Lengths, apply_drops
+from mer_bench.scenarios.base import Drops, GridPoint, Lengths, apply_drops, rate_point
 from mer_bench.training.selection import selection_key
 from mer_bench.training.steps import spans
 
@@ -188,9 +188,9 @@ def _train_epoch(model, train_split, settings, train_drops, optimizer, epoch: in
 @dataclass
 class WarmupStore:
     """Where a model's warm-up stage (epochs before `BenchModel.selection_start`) is kept.
-    The warm-up trains on complete data and never validates, so it depends only on the model,
-    data, seed and budget, and every run sharing those (each missing rate of a one-to-one
-    grid, each training policy) starts from one copy."""
+    The warm-up trains and validates on complete data and has no patience, so it depends
+    only on the model, data, seed and budget, and every run sharing those (each missing rate
+    of a one-to-one grid, each training policy) starts from one copy."""
 
     load: Callable[[], dict | None]
     save: Callable[[dict], None]
@@ -207,33 +207,47 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _warm_up(model, train_split, settings, start: int,
-             store: WarmupStore | None, bar) -> tuple[list[dict], int, bool]:
-    """Epochs 0..start-1 on complete data at a fixed learning rate, or their stored result
-    (weights and the RNG state after them, so the run goes on exactly as without the store);
-    (history, optimiser steps, whether it was loaded)."""
+COMPLETE_VALID = ((rate_point(0.0), None),)
+
+
+def _warm_up(model, train_split, valid_split, settings, start: int, store: WarmupStore | None,
+             bar, timing: bool = False) -> tuple[list[dict], int, bool]:
+    """Epochs 0..start-1 on complete data at a fixed learning rate, ending on the epoch with
+    the best complete-data validation (by the model's criterion), as a pretrained model is
+    chosen; or their stored result (those weights and the RNG state after epoch start-1, so
+    the run goes on exactly as without the store). A timing run (no validation points) keeps
+    the last epoch. (history, optimiser steps, loaded?)"""
     state = store.load() if store is not None else None
-    if state is None:
+    loaded = state is not None
+    if not loaded:
         optimizer = model.configure_optimizer()
         updates = _count_updates(optimizer)
-        history = []
+        history: list[dict] = []
+        best_key, best_state = None, None
         for epoch in range(start):
             _begin_epoch(model, epoch, settings.epochs)
             lr = float(optimizer.param_groups[0]["lr"])
             loss = _train_epoch(model, train_split, settings, None, optimizer, epoch)
-            history.append({"epoch": epoch, "loss": loss, "lr": lr, "valid_loss": float("nan"),
-                            f"valid_{HEADLINE[settings.task]}": float("nan"),
+            if timing:
+                v_loss, v_head, key = float("nan"), float("nan"), (float(epoch),)
+            else:
+                v_loss, v_head = _valid_epoch(model, valid_split, COMPLETE_VALID, settings)
+                key = selection_key(model.selection, v_loss, v_head)
+            if best_key is None or key > best_key:
+                best_key, best_state = key, copy.deepcopy(model.state_dict())
+            history.append({"epoch": epoch, "loss": loss, "lr": lr, "valid_loss": v_loss,
+                            f"valid_{HEADLINE[settings.task]}": v_head,
                             "updates": updates[0], "stage": "warm-up"})
-            bar.update(-1, 0, loss=f"{loss:.3f}", stage="warm-up")
-        state = {"model": copy.deepcopy(model.state_dict()), "rng": _rng_state(),
-                 "history": history, "updates": updates[0]}
+            bar.update(-1, 0, loss=f"{loss:.3f}", valid_loss=f"{v_loss:.3f}", stage="warm-up")
+        state = {"model": best_state, "rng": _rng_state(), "history": history,
+                 "updates": updates[0]}
         if store is not None:
             store.save(state)
-        return list(history), updates[0], False
+    else:
+        bar.skip(start, stage="warm-up loaded")
     model.load_state_dict(state["model"])
     _set_rng_state(state["rng"])
-    bar.skip(start, stage="warm-up loaded")
-    return list(state["history"]), int(state["updates"]), True
+    return list(state["history"]), int(state["updates"]), loaded
 
 
 def train(
@@ -258,7 +272,7 @@ def train(
     bar = EpochBar(settings.epochs, settings.patience, desc, progress, start=first)
     t0 = time.perf_counter()
     history, done, loaded = ([], 0, False) if first == 0 else _warm_up(
-        model, train_split, settings, first, warmup, bar)
+        model, train_split, valid_split, settings, first, warmup, bar, not valid_points)
     optimizer = model.configure_optimizer()
     updates = _count_updates(optimizer, [done])
     scheduler = None
