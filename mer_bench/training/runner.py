@@ -301,6 +301,12 @@ def _cf_vocab(r: Resolved, ds) -> np.ndarray | None:
 _FRESH: set[str] = set()
 
 
+def _reusable(path, retrain: bool) -> bool:
+    """A stored checkpoint or warm-up is reused unless retraining, when only one this process
+    wrote is."""
+    return path.exists() and (not retrain or str(path) in _FRESH)
+
+
 def _build_and_train(
     r: Resolved, ds, device: str, store: Store, point, progress: bool, retrain: bool = False
 ):
@@ -316,13 +322,10 @@ def _build_and_train(
         model.prepare_eval(ds["valid"])
     key = r.train_key(point.label if r.policy == "fixed-rate" else None)
     ckpt = store.checkpoint_path(key)
-    def reusable() -> bool:
-        return ckpt.exists() and (not retrain or str(ckpt) in _FRESH)
-
-    if reusable():
+    if _reusable(ckpt, retrain):
         return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
     with store.claim_training(key):  # busy: this cell is skipped, as a claimed cell is
-        if reusable():  # written by another process while this one checked
+        if _reusable(ckpt, retrain):  # written by another process while this one checked
             return model, _load_checkpoint(model, ckpt, key, r.seed), key, True
         result = _train_and_save(r, ds, model, device, point, progress, ckpt, key,
                                  _warmup_store(r, store, retrain))
@@ -377,17 +380,15 @@ def _save_state(path, state: dict) -> None:
 def _warmup_store(r: Resolved, store: Store, retrain: bool) -> WarmupStore:
     """A model's warm-up kept beside the checkpoints under `warmup_key`, checked on load like
     a checkpoint (with `retrain`, only one this process wrote is reused)."""
-    from mer_bench.data.safe_pickle import safe_torch_load
-
     key = r.warmup_key()
     path = store.checkpoint_path(key)
 
     def load() -> dict | None:
-        if not path.exists() or (retrain and str(path) not in _FRESH):
+        if not _reusable(path, retrain):
             return None
-        state = safe_torch_load(path)
-        if not isinstance(state, dict) or state.get("warmup_key") != key:
-            raise UserError(f"{path} is not the warm-up {key}; delete it or rerun with --force")
+        state = _read_state(path)
+        if state.get("warmup_key") != key:
+            raise UserError(f"{path} is not the warm-up {key}; {_FIX}")
         return state
 
     def save(state: dict) -> None:
@@ -397,29 +398,39 @@ def _warmup_store(r: Resolved, store: Store, retrain: bool) -> WarmupStore:
     return WarmupStore(load, save)
 
 
+_FIX = "delete it or rerun with --force"
+
+
+def _read_state(path) -> dict:
+    """A stored checkpoint or warm-up through the safe loader; a one-line error with the fix."""
+    from mer_bench.data.safe_pickle import safe_torch_load
+
+    try:
+        state = safe_torch_load(path)
+    except UserError as e:
+        raise UserError(f"{e}; {_FIX}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a mer-bench checkpoint; {_FIX}")
+    return state
+
+
 def _load_checkpoint(model: torch.nn.Module, ckpt, key: str, seed: int) -> TrainResult:
     """Weights through the safe loader; the checkpoint must be the one its name says (training
     key and seed recorded inside), else a one-line error with the fix."""
-    from mer_bench.data.safe_pickle import safe_torch_load
-
-    fix = "delete it or rerun with --force"
-    try:
-        state = safe_torch_load(ckpt)
-    except UserError as e:
-        raise UserError(f"{e}; {fix}") from None
-    if not isinstance(state, dict) or not {"model", "info"} <= set(state):
-        raise UserError(f"{ckpt} is not a mer-bench checkpoint; {fix}")
+    state = _read_state(ckpt)
+    if not {"model", "info"} <= set(state):
+        raise UserError(f"{ckpt} is not a mer-bench checkpoint; {_FIX}")
     if state.get("train_key") != key or state.get("seed") != seed:
         raise UserError(
             f"{ckpt} was written for training key {state.get('train_key')!r}, seed "
-            f"{state.get('seed')!r}, not {key}, seed {seed}; {fix}"
+            f"{state.get('seed')!r}, not {key}, seed {seed}; {_FIX}"
         )
     try:
         model.load_state_dict(state["model"])
         return TrainResult(**state["info"])
     except (RuntimeError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
-        raise UserError(f"{ckpt} does not fit this model ({first}); {fix}") from None
+        raise UserError(f"{ckpt} does not fit this model ({first}); {_FIX}") from None
 
 
 @dataclass

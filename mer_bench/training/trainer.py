@@ -185,6 +185,22 @@ def _train_epoch(model, train_split, settings, train_drops, optimizer, epoch: in
     return float(np.mean([sum(x.values()) for x in losses])) if losses else float("nan")
 
 
+def _fit_epoch(model, train_split, valid_split, settings, train_drops, points, optimizer,
+               updates: list[int], epoch: int) -> tuple[dict, tuple[float, ...]]:
+    """Train one epoch (after `_begin_epoch`) and validate over `points`; (its history entry,
+    its selection key). Without points (a timing run) the last epoch counts as the best."""
+    headline = HEADLINE[settings.task]
+    lr = float(optimizer.param_groups[0]["lr"])
+    loss = _train_epoch(model, train_split, settings, train_drops, optimizer, epoch)
+    if points:
+        v_loss, v_head = _valid_epoch(model, valid_split, points, settings)
+        key = selection_key(model.selection, v_loss, v_head)
+    else:
+        v_loss, v_head, key = float("nan"), float("nan"), (float(epoch),)
+    return {"epoch": epoch, "loss": loss, "lr": lr, "valid_loss": v_loss,
+            f"valid_{headline}": v_head, "updates": updates[0]}, key
+
+
 @dataclass
 class WarmupStore:
     """Where a model's warm-up stage (epochs before `BenchModel.selection_start`) is kept.
@@ -211,12 +227,12 @@ COMPLETE_VALID = ((rate_point(0.0), None),)
 
 
 def _warm_up(model, train_split, valid_split, settings, start: int, store: WarmupStore | None,
-             bar, timing: bool = False) -> tuple[list[dict], int, bool]:
+             bar, points: Sequence = COMPLETE_VALID) -> tuple[list[dict], int, bool]:
     """Epochs 0..start-1 on complete data at a fixed learning rate, ending on the epoch with
     the best complete-data validation (by the model's criterion), as a pretrained model is
     chosen; or their stored result (those weights and the RNG state after epoch start-1, so
-    the run goes on exactly as without the store). A timing run (no validation points) keeps
-    the last epoch. (history, optimiser steps, loaded?)"""
+    the run goes on exactly as without the store). A timing run (no `points`) keeps the last
+    epoch. (history, optimiser steps, loaded?)"""
     state = store.load() if store is not None else None
     loaded = state is not None
     if not loaded:
@@ -226,19 +242,13 @@ def _warm_up(model, train_split, valid_split, settings, start: int, store: Warmu
         best_key, best_state = None, None
         for epoch in range(start):
             _begin_epoch(model, epoch, settings.epochs)
-            lr = float(optimizer.param_groups[0]["lr"])
-            loss = _train_epoch(model, train_split, settings, None, optimizer, epoch)
-            if timing:
-                v_loss, v_head, key = float("nan"), float("nan"), (float(epoch),)
-            else:
-                v_loss, v_head = _valid_epoch(model, valid_split, COMPLETE_VALID, settings)
-                key = selection_key(model.selection, v_loss, v_head)
+            entry, key = _fit_epoch(model, train_split, valid_split, settings, None, points,
+                                    optimizer, updates, epoch)
             if best_key is None or key > best_key:
                 best_key, best_state = key, copy.deepcopy(model.state_dict())
-            history.append({"epoch": epoch, "loss": loss, "lr": lr, "valid_loss": v_loss,
-                            f"valid_{HEADLINE[settings.task]}": v_head,
-                            "updates": updates[0], "stage": "warm-up"})
-            bar.update(-1, 0, loss=f"{loss:.3f}", valid_loss=f"{v_loss:.3f}", stage="warm-up")
+            history.append({**entry, "stage": "warm-up"})
+            bar.update(-1, 0, loss=f"{entry['loss']:.3f}",
+                       valid_loss=f"{entry['valid_loss']:.3f}", stage="warm-up")
         state = {"model": best_state, "rng": _rng_state(), "history": history,
                  "updates": updates[0]}
         if store is not None:
@@ -272,7 +282,8 @@ def train(
     bar = EpochBar(settings.epochs, settings.patience, desc, progress, start=first)
     t0 = time.perf_counter()
     history, done, loaded = ([], 0, False) if first == 0 else _warm_up(
-        model, train_split, valid_split, settings, first, warmup, bar, not valid_points)
+        model, train_split, valid_split, settings, first, warmup, bar,
+        COMPLETE_VALID if valid_points else ())
     optimizer = model.configure_optimizer()
     updates = _count_updates(optimizer, [done])
     scheduler = None
@@ -283,24 +294,18 @@ def train(
         _begin_epoch(model, epoch, settings.epochs)
         if epoch == first:  # built after start_epoch(first): budget-aware schedules see it
             scheduler = model.configure_scheduler(optimizer)
-        lr = float(optimizer.param_groups[0]["lr"])
-        mean_loss = _train_epoch(model, train_split, settings, train_drops, optimizer, epoch)
-        if valid_points:
-            v_loss, v_head = _valid_epoch(model, valid_split, valid_points, settings)
-            key = selection_key(model.selection, v_loss, v_head)
-        else:  # timing runs: the last epoch counts as the best
-            v_loss, v_head, key = float("nan"), float("nan"), (float(epoch),)
-        _step_scheduler(scheduler, v_loss)
-        history.append({"epoch": epoch, "loss": mean_loss, "lr": lr, "valid_loss": v_loss,
-                        f"valid_{headline}": v_head, "updates": updates[0]})
+        entry, key = _fit_epoch(model, train_split, valid_split, settings, train_drops,
+                                valid_points, optimizer, updates, epoch)
+        _step_scheduler(scheduler, entry["valid_loss"])
+        history.append(entry)
         if best_key is None or key > best_key:
             best_key, wait = key, 0
-            best = {"epoch": epoch, "head": v_head, "loss": v_loss}
+            best = {"epoch": epoch, "head": entry[f"valid_{headline}"], "loss": entry["valid_loss"]}
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-        bar.update(best["epoch"], wait, loss=f"{mean_loss:.3f}", valid_loss=f"{v_loss:.3f}",
-                   valid=f"{v_head:.3f}")
+        bar.update(best["epoch"], wait, loss=f"{entry['loss']:.3f}",
+                   valid_loss=f"{entry['valid_loss']:.3f}", valid=f"{entry[f'valid_{headline}']:.3f}")
         if wait >= settings.patience:
             break
     bar.close()
