@@ -74,7 +74,8 @@ class InvLinear(nn.Module):
         self.weight = nn.Parameter(q)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = torch.slogdet(self.weight.double())[1].float().expand(x.shape[:-1])
+        # in float64 for accuracy, returned in the input's dtype (a float64 flow keeps all of it)
+        logdet = torch.slogdet(self.weight.double())[1].to(x.dtype).expand(x.shape[:-1])
         return x @ self.weight.t(), logdet
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
