@@ -210,8 +210,12 @@ def test_cheap_dropout_mask_has_the_dropout_law_and_follows_the_seed():
     assert float(rows.std()) < 0.03
 
 
-def reference_attn_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """The unfused attention KL (before the chunked autograd function)."""
+def reference_attn_kl(student, teacher) -> torch.Tensor:
+    """The unfused attention KL (before the chunked autograd function), on full score maps
+    (factors as the MCT returns them are multiplied out first, as the MCT did before)."""
+    from cider.mct import Scores
+
+    student, teacher = (x.full() if isinstance(x, Scores) else x for x in (student, teacher))
     rows = student.shape[0] * student.shape[1]
     with torch.no_grad():
         t_log = torch.log_softmax(teacher, dim=-1)
@@ -240,3 +244,64 @@ def test_one_pass_attention_kl_has_the_unfused_value_and_gradient(monkeypatch):
     np.testing.assert_allclose(fused_scores, reference_scores, atol=1e-4)
     for k in fused:
         assert fused[k] == pytest.approx(reference[k], abs=1e-4), k
+
+
+def test_attention_kl_from_factors_has_the_full_map_value_and_gradients():
+    """The MCT hands the KL S = q k^T as factors; value and d/dq, d/dk equal those of the full
+    maps (what the MCT returned before) to float rounding, with the teacher either way."""
+    import cider.model as cm
+    from cider.mct import Scores
+
+    g = torch.Generator().manual_seed(5)
+    n = cm.KL_CHUNK * 2 + 5  # a partial chunk
+    q, k, tq, tk = (2 * torch.randn(n, 4, 30, 4, generator=g) for _ in range(4))
+    teacher = Scores(tq, tk)
+    grads = []
+    for make in (lambda a, b: reference_attn_kl(Scores(a, b).full(), teacher.full()),
+                 lambda a, b: cm.attn_kl(Scores(a, b), teacher),
+                 lambda a, b: cm.attn_kl(Scores(a, b), teacher.full())):
+        a, b = q.clone().requires_grad_(), k.clone().requires_grad_()
+        value = make(a, b)
+        (1.3 * value).backward()
+        grads.append((float(value.detach()), a.grad, b.grad))
+    (ref, ref_q, ref_k), *rest = grads
+    for value, gq, gk in rest:
+        assert value == pytest.approx(ref, rel=1e-6)
+        torch.testing.assert_close(gq, ref_q, rtol=1e-5, atol=1e-6 * float(ref_q.abs().max()))
+        torch.testing.assert_close(gk, ref_k, rtol=1e-5, atol=1e-6 * float(ref_k.abs().max()))
+    with torch.no_grad():
+        assert float(cm.attn_kl(Scores(q, k), teacher)) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.45])
+def test_fused_relu_dropout_draws_and_gradients_are_bitwise_the_unfused_ones(p):
+    """The MCT's FFN keeps only its output for backward; the values, the random draws (the
+    generator's state afterwards too) and the gradient are exactly F.dropout(F.relu(h))'s."""
+    import torch.nn.functional as F
+
+    from cider.mct import relu_dropout
+
+    h0 = torch.randn(8, 30, 16, generator=torch.Generator().manual_seed(2))
+    h0[0, 0, :4] = 0.0  # ReLU's kink: no gradient there either way
+    w = torch.randn(h0.shape, generator=torch.Generator().manual_seed(3))
+    runs = []
+    for fn in (lambda h: F.dropout(F.relu(h), p, True), lambda h: relu_dropout(h, p, True)):
+        torch.manual_seed(9)
+        h = h0.clone().requires_grad_()
+        out = fn(h)
+        (out * w).sum().backward()
+        runs.append((out.detach(), h.grad, torch.rand(3)))
+    for new, ref in zip(*runs, strict=True):
+        assert torch.equal(new, ref)
+    assert relu_dropout(h0, p, False) is not None and torch.equal(relu_dropout(h0, p, False), F.relu(h0))
+
+
+def test_fixed_seed_training_is_bitwise_the_same_with_the_unfused_relu_dropout(monkeypatch):
+    import torch.nn.functional as F
+
+    import cider.mct as mct
+
+    fused, fused_scores = _short_training()
+    monkeypatch.setattr(mct, "relu_dropout", lambda h, p, training: F.dropout(F.relu(h), p, training))
+    reference, reference_scores = _short_training()
+    assert np.array_equal(fused_scores, reference_scores) and fused == reference
