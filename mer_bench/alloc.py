@@ -5,9 +5,12 @@ scores, their gradients). glibc serves every block above its mmap threshold (128
 up to 32 MiB) with a fresh `mmap` and returns it with `munmap` on free, so each step maps,
 page-faults (zero-fills) and unmaps gigabytes: most of an epoch became kernel time, and worse
 under contention. Raising the mmap threshold to 1 GiB keeps such blocks in the heap, where the
-next step reuses them; raising the trim threshold stops glibc from returning the freed top of
-the heap to the kernel after every step. Blocks above 1 GiB (whole MOSEI arrays) are still
-mapped, so freeing them still returns memory. Elsewhere than glibc this is a no-op. An explicit
+next step reuses them; turning heap trimming off stops glibc from returning the freed top of
+the heap to the kernel after every step (a trim threshold of 1 GiB was not enough: a MulT step
+holds about 10 GB, so each micro-batch's frees trimmed gigabytes that the next one faulted
+back in, half of its time; measured 1,036 -> 533 s per unaligned epoch with trimming off). The
+process keeps its peak heap, which it needs again on the next step. Blocks above 1 GiB (whole
+MOSEI arrays) are still mapped, so freeing them still returns memory. Elsewhere than glibc this is a no-op. An explicit
 `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the environment wins, and
 `MER_BENCH_MALLOC=0` turns the settings off.
 
@@ -24,7 +27,7 @@ import sys
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # bytes: blocks below stay in the heap and are reused
-TRIM_THRESHOLD = 1 << 30  # bytes of free heap top kept instead of returned to the kernel
+TRIM_THRESHOLD = -1  # mallopt: -1 turns trimming of the heap's free top off (man mallopt)
 
 _applied: dict[str, int] | None = None
 
