@@ -192,8 +192,10 @@ class VanillaAttention(nn.Module):
 def relu_dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout(F.relu(h), p, training), with the same random draws and values, keeping one
     tensor for backward instead of three (the ReLU's output, the dropout noise and the next
-    layer's input): 20 MB less per MCT layer and pass at batch 128."""
-    if not (training and p > 0) or not torch.is_grad_enabled() or not h.requires_grad:
+    layer's input): 20 MB less per MCT layer and pass at batch 128. CPU only: CUDA's dropout is
+    a fused kernel with its own random stream, kept as it was."""
+    if (not (training and p > 0) or not torch.is_grad_enabled() or not h.requires_grad
+            or h.device.type != "cpu"):
         return F.dropout(F.relu(h), p, training)
     return _ReluDropout.apply(h, p)
 

@@ -10,9 +10,9 @@ the heap to the kernel after every step (a trim threshold of 1 GiB was not enoug
 holds about 10 GB, so each micro-batch's frees trimmed gigabytes that the next one faulted
 back in, half of its time; measured 1,036 -> 533 s per unaligned epoch with trimming off). The
 process keeps its peak heap, which it needs again on the next step. Blocks above 1 GiB (whole
-MOSEI arrays) are still mapped, so freeing them still returns memory. Elsewhere than glibc this is a no-op. An explicit
-`MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the environment wins, and
-`MER_BENCH_MALLOC=0` turns the settings off.
+MOSEI arrays) are still mapped, so freeing them still returns memory. Elsewhere than glibc this
+is a no-op. An explicit `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the environment
+wins, and `MER_BENCH_MALLOC=0` turns the settings off.
 
 Cost: heap blocks fragment, so peak RSS can rise (measured: CIDer unchanged, MulT's peak higher).
 """
