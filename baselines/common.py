@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mer_bench.ops import thin_matmul
+
 
 def sinusoidal_positions(
     length: int,
@@ -62,15 +64,16 @@ def dropout_scale(shape: torch.Size, p: float, dtype: torch.dtype, device) -> to
 
 def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d), masked) v, with attention dropout while training; fused
-    `scaled_dot_product_attention` whenever there is no dropout (callers unmask empty rows)."""
+    `scaled_dot_product_attention` whenever there is no dropout (callers unmask empty rows).
+    The dropout path's products go through `thin_matmul` (head widths are 5-8 here)."""
     if not training or dropout == 0.0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    s = thin_matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
     if mask is not None:
         s = s.masked_fill_(~mask, -math.inf) if mask.shape == s.shape else s.add_(
             torch.zeros(mask.shape, dtype=s.dtype, device=s.device).masked_fill_(~mask, -math.inf))
     w = torch.softmax(s, dim=-1) * dropout_scale(s.shape, dropout, s.dtype, s.device)
-    return torch.matmul(w, v)
+    return thin_matmul(w, v)
 
 
 def lengths_to_valid(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

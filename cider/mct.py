@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mer_bench.ops import tmm
+
 # Branch order of the official `out_proj[0..6]`, with the key modalities each attends to.
 BRANCHES: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("LAV", (0, 1, 2)),
@@ -119,45 +121,36 @@ class MCA(nn.Module):
     ) -> tuple[torch.Tensor, Scores | None]:
         """x (B, N, E) -> (B, N, E) and, if asked, the raw scaled scores S as its factors."""
         q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        # contiguous head layouts: every block below is then a strided view, never a copy
         q = _heads(q * self.scaling, self.heads).contiguous()
         k, v = _heads(k, self.heads).contiguous(), _heads(v, self.heads)
         dh = v.shape[-1]
-        # values with a ones column: one matmul per block gives the weighted values and the
+        # values with a ones column: one product per block gives the weighted values and the
         # row sums of the exponentials (no separate reduction, no gradient to add back)
         v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
-        cut = (0, lens[0], lens[0] + lens[1], sum(lens))
-        # Each block of S = q k^T is its own matmul (slicing one materialised S would make
-        # autograd zero-fill an N x N gradient per slice); its shift and exponential are taken
-        # in place (the matmul's backward needs only q and k).
-        qs = [q[:, :, cut[m] : cut[m + 1]] for m in range(3)]
-        ks = [k[:, :, cut[j] : cut[j + 1]].transpose(-1, -2) for j in range(3)]
-        v1s = [v1[:, :, cut[j] : cut[j + 1]] for j in range(3)]
-        drop = self.training and self.attn_dropout > 0
+        # per-modality copies (split, not slicing: its backward is one concatenation)
+        qs = [t.contiguous() for t in q.split(lens, dim=2)]
+        kts = [t.contiguous().transpose(-1, -2) for t in k.split(lens, dim=2)]
+        v1s = [t.contiguous() for t in v1.split(lens, dim=2)]
+        # attention dropout acts on the full (LAV) branch only, as in the official code
+        p = self.attn_dropout if self.training else 0.0
         summaries = (self.s_l, self.s_a, self.s_v)
         outs = []
         for m in range(3):
             # per key block j: shift, exp-sum and weighted values of this query block
             shift, total, value, value_drop = [], [], [], []
             for j in range(3):
-                s = qs[m] @ ks[j]
-                with torch.no_grad():  # the shift is a constant: no graph, nothing saved
-                    mx = s.amax(-1, keepdim=True)
-                e = s.sub_(mx).exp_()
-                weighted = e @ v1s[j]
+                weighted, mx, dropped = _BlockExp.apply(qs[m], kts[j], v1s[j], p)
+                val, tot = weighted.split([dh, 1], dim=-1)
                 shift.append(mx)
-                value.append(weighted[..., :dh])
-                total.append(weighted[..., dh:])
-                # attention dropout acts on the full (LAV) branch only, as in the official code
-                value_drop.append(
-                    F.dropout(e, self.attn_dropout, True) @ v1s[j][..., :dh] if drop else None
-                )
+                value.append(val)
+                total.append(tot)
+                value_drop.append(dropped)
             parts = []
             for b in MODALITY_BRANCHES[m]:
                 keys = BRANCHES[b][1]
                 top = torch.stack([shift[j] for j in keys]).amax(0)
                 w = {j: torch.exp(shift[j] - top) for j in keys}
-                vals = value_drop if (b == 0 and drop) else value
+                vals = value_drop if (b == 0 and p > 0) else value
                 num = sum(w[j] * vals[j] for j in keys)
                 den = sum(w[j] * total[j] for j in keys)
                 parts.append(self.out_proj[b](_merge(num / den)))
@@ -165,6 +158,42 @@ class MCA(nn.Module):
         out = self.final_out_proj(torch.cat(outs, dim=1))
         # the raw scores (last layer, for distillation), as factors: the KL forms them
         return out, (Scores(q, k) if need_scores else None)
+
+
+class _BlockExp(torch.autograd.Function):
+    """One (query modality, key modality) block of MCA: e = exp(q k^T - rowmax) and
+    e @ [v | 1] (weighted values and row sums), and with attention dropout p also
+    dropout(e) @ v (F.dropout's CPU draws: bernoulli_(1 - p) / (1 - p)). The row maxima are a
+    constant shift (they cancel in every branch), returned without gradient.
+
+    Why one function: autograd kept a second (L_q, L_k) tensor for the exponential's backward
+    and took every product in the slow orientation (`mer_bench.ops`); here the backward forms
+    d/dS in place on the one saved block."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, kt: torch.Tensor, v1: torch.Tensor, p: float):
+        e = q @ kt
+        mx = e.amax(-1, keepdim=True)
+        e.sub_(mx).exp_()
+        weighted = tmm(e, v1)
+        noise, dropped = None, e.new_empty(0)
+        if p > 0:
+            noise = torch.empty_like(e).bernoulli_(1 - p).div_(1 - p)
+            dropped = tmm(e * noise, v1[..., :-1])
+        ctx.save_for_backward(q, kt, v1, e, noise)
+        ctx.mark_non_differentiable(mx)
+        return weighted, mx, dropped
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor, _g_mx: Any, g_drop: torch.Tensor):
+        q, kt, v1, e, noise = ctx.saved_tensors
+        de = g @ v1.transpose(-1, -2)
+        dv1 = tmm(e.transpose(-1, -2), g)
+        if noise is not None:
+            de.add_((g_drop @ v1[..., :-1].transpose(-1, -2)).mul_(noise))
+            dv1 = dv1 + F.pad(tmm((e * noise).transpose(-1, -2), g_drop), (0, 1))
+        ds = de.mul_(e)
+        return tmm(ds, kt.transpose(-1, -2)), q.transpose(-1, -2) @ ds, dv1, None
 
 
 class VanillaAttention(nn.Module):

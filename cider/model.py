@@ -38,6 +38,7 @@ from mer_bench.data.batch import Batch
 from mer_bench.data.schema import DataSpec, Split
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
+from mer_bench.ops import tmm
 from mer_bench.scenarios.base import counterfactual_text
 
 ABLATIONS: dict[str, str] = {
@@ -410,9 +411,9 @@ class _AttnKLFactors(torch.autograd.Function):
         gk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         qs, ks, gqs, gks = q.split(KL_CHUNK), k.split(KL_CHUNK), gq.split(KL_CHUNK), gk.split(KL_CHUNK)
 
-        def sink(i: int, g: torch.Tensor) -> None:
-            torch.matmul(g, ks[i], out=gqs[i])
-            torch.matmul(g.transpose(-1, -2), qs[i], out=gks[i])
+        def sink(i: int, g: torch.Tensor) -> None:  # thin products: `mer_bench.ops.tmm`
+            gqs[i].copy_(tmm(g, ks[i]))
+            gks[i].copy_(tmm(g.transpose(-1, -2), qs[i]))
 
         value = _kl_chunks(Scores(q, k), teacher, sink)
         ctx.save_for_backward(gq, gk)

@@ -71,8 +71,9 @@ def test_aligned_drops_wsam_and_compat_restores_it():
 
 
 # ----------------------------------------------------------------------------- MCA / WSAM
-def reference_mca(mca: MCA, x: torch.Tensor, lens) -> torch.Tensor:
-    """The official formulation: seven full-size masked softmaxes over one score map."""
+def reference_mca(mca: MCA, x: torch.Tensor, lens, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The official formulation: seven full-size masked softmaxes over one score map;
+    `noise` (B, H, N, N), if given, multiplies the full (LAV) branch's attention (dropout)."""
     b, n, e = x.shape
     h = mca.heads
     q, k, v = mca.in_proj(x).chunk(3, dim=-1)
@@ -88,6 +89,8 @@ def reference_mca(mca: MCA, x: torch.Tensor, lens) -> torch.Tensor:
         mask[:, ~inside] = -1e9
         mask[~inside, :] = -1e9
         p = torch.softmax(s + mask, dim=-1) * inside[:, None].float()
+        if noise is not None and i == 0:
+            p = p * noise
         o = (p @ (v * inside[:, None].float())).transpose(1, 2).reshape(b, n, e)
         outs.append(mca.out_proj[i](o))
     cut = np.cumsum([0, *lens])
