@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-
 # widest output (columns) taken through the transposes: measured on this machine, one thread,
 # (B, M, K) = (1024, 50, 50) and (160, 496, 371): 5 columns 2.4x faster, 10-12 1.1-2.2x, 16
 # columns slower
