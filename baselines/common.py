@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,16 +51,29 @@ def dropout_scale(shape: torch.Size, p: float, dtype: torch.dtype, device) -> to
     Why: attention dropout draws one random number per attention weight (B x H x L_q x L_k,
     tens of millions per MulT step), and torch's per-element Mersenne-Twister `bernoulli_` was a
     third of a MulT step on CPU. One seed from torch's generator (so `torch.manual_seed` keeps
-    runs reproducible) feeds a counter-based splitmix64 hash, four 16-bit draws per word.
+    runs reproducible) feeds 16-bit uniform draws: on CPU numpy's SFC64 raw stream (2.5x
+    faster than an elementwise torch hash), elsewhere a counter-based splitmix64 hash, four draws
+    per word, computed on the device.
     """
     n = math.prod(shape)
     seed = torch.randint(0, 1 << 62, (1,), device=device)
-    x = torch.arange((n + 3) // 4, device=device, dtype=torch.int64).mul_(_GOLDEN).add_(seed)
+    if seed.device.type == "cpu":
+        words = np.random.SFC64(int(seed)).random_raw((n + 3) // 4)  # 64-bit raw outputs
+        draws = torch.from_numpy(words.view(np.int16)[:n])
+    else:
+        draws = _splitmix_int16(n, seed)
+    keep = draws >= round(p * 65536) - 32768  # int16 is uniform on [-2^15, 2^15)
+    return (keep.to(dtype) * (1.0 / (1.0 - p))).view(shape)
+
+
+def _splitmix_int16(n: int, seed: torch.Tensor) -> torch.Tensor:
+    """n uniform int16 draws from splitmix64 over a counter, on the seed's device."""
+    x = torch.arange((n + 3) // 4, device=seed.device, dtype=torch.int64).mul_(_GOLDEN)
+    x = x.add_(seed)
     x = (x ^ _shr(x, 30)).mul_(_MIX1)
     x = (x ^ _shr(x, 27)).mul_(_MIX2)
     x = x ^ _shr(x, 31)
-    keep = x.view(torch.int16)[:n] >= round(p * 65536) - 32768  # int16 is uniform on [-2^15, 2^15)
-    return (keep.to(dtype) * (1.0 / (1.0 - p))).view(shape)
+    return x.view(torch.int16)[:n]
 
 
 def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:

@@ -196,12 +196,14 @@ def test_dmd_flattened_features_are_zero_at_padded_steps():
 
 
 # --- end to end ------------------------------------------------------------------------------
-# rmfm-iid and rmfm-ood of every registered model run in tests/test_models_e2e.py; here smm-iid.
+# rmfm-ood of every registered model (rmfm-iid too under `tox -e slow`) runs in
+# tests/test_models_e2e.py; here smm-iid.
 TINY_RUN = dict(dataset="synth-mosi", variant="aligned", scale=0.05, epochs=1)
 
 
 @pytest.mark.parametrize(
-    "model", ["dmd", "dicmor_all", "glomo", pytest.param("dicmor", marks=pytest.mark.slow)]
+    "model",
+    ["glomo", *(pytest.param(m, marks=pytest.mark.slow) for m in ("dmd", "dicmor_all", "dicmor"))],
 )
 def test_runs_smm(model, tmp_path):
     rec = run_cell(RunConfig(model=model, scenario="smm-iid", **TINY_RUN), 1111, str(tmp_path))

@@ -100,7 +100,9 @@ def test_mag_bert_records_its_gate_input_and_alignment():
     assert out.scores.shape == (2, 3) and out.joint.shape == (2, 768)
 
 
-@pytest.mark.parametrize("model", ["mag_bert+clue", "mult+clue", "gear"])
+@pytest.mark.parametrize(
+    "model", ["mag_bert+clue", pytest.param("mult+clue", marks=pytest.mark.slow), "gear"]
+)
 def test_rmfm_ood_end_to_end(model, tmp_path):
     rec = run_cell(RunConfig(model=model, scenario="rmfm-ood", **TINY), 1111, str(tmp_path))
     assert rec["status"] == "finished" and rec["distribution"] == "ood"

@@ -9,6 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
+from mer_bench.cli import main
 from mer_bench.results.store import Store
 from mer_bench.training import runner
 from mer_bench.training.runner import RunConfig, run_cell, run_cells
@@ -213,13 +214,28 @@ def test_cli_cross_dataset_run_on_the_embedded_pair(tmp_path):
         (["report", "--results", "/nonexistent/results"], "results"),
     ],
 )
-def test_cli_errors_are_one_line_exit_2(args, needle):
-    p = cli(*args)
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    err = p.stderr.strip()
+def test_cli_errors_are_one_line_exit_2(args, needle, capsys, monkeypatch):
+    # In-process (a subprocess per case costs a torch import); the entry point's own exit code
+    # is checked by test_cli_error_exit_code_through_the_entry_point.
+    monkeypatch.setenv("MER_BENCH_MALLOC", "0")  # leave the test process's allocator alone
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2, capsys.readouterr()
+    err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in err
     assert needle in err.lower()
+
+
+@pytest.mark.parametrize("args", [["run", "--model", "nope", "--scenario", "rmfm-iid"],
+                                  ["run", "--model", "lf_dnn", "--scenario", "rmfm-iid",
+                                   "--rates", "0,x"]])
+def test_cli_error_exit_code_through_the_entry_point(args):
+    p = cli(*args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
 def test_cli_missing_real_data_file(tmp_path):
