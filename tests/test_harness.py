@@ -217,7 +217,8 @@ def test_cli_cross_dataset_run_on_the_embedded_pair(tmp_path):
 def test_cli_errors_are_one_line_exit_2(args, needle, capsys, monkeypatch):
     # In-process (a subprocess per case costs a torch import); the entry point's own exit code
     # is checked by test_cli_error_exit_code_through_the_entry_point.
-    monkeypatch.setenv("MER_BENCH_MALLOC", "0")  # leave the test process's allocator alone
+    # Leave the test process's allocator alone; monkeypatch restores alloc's cache afterwards.
+    monkeypatch.setattr("mer_bench.alloc._applied", {})
     try:
         code = main(args)
     except SystemExit as e:  # argparse's own errors

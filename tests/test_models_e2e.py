@@ -51,7 +51,8 @@ def test_model_runs_iid_and_ood(model, scenario, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "model", [m if m in COMPLEXITY_FAST else pytest.param(m, marks=pytest.mark.slow) for m in MODELS]
+    "model",
+    [m if m in COMPLEXITY_FAST else pytest.param(m, marks=pytest.mark.slow) for m in MODELS],
 )
 def test_complexity_reports_parameters_memory_and_speed(model):
     m = measure(model, variant="aligned", scale=0.05, device="cpu")
