@@ -200,15 +200,15 @@ class DLF(BenchModel):
             c_flat[m] = self.align[m]((c[m] * keep).flatten(1))
 
         # shared branch
-        c_last = torch.cat([self.shared_self[m](c[m], valid[m])[:, -1] for m in MODALITIES], dim=-1)
+        c_last = torch.cat([self.shared_self[m].last(c[m], valid[m]) for m in MODALITIES], dim=-1)
         _, shared_score = self.shared_head(c_last)
 
         # language-focused attractor: language attends to the specific audio/vision streams
         vt = valid["text"]
-        streams = {"text": self.mem["text"](s["text"], vt)[:, -1]}
+        streams = {"text": self.mem["text"].last(s["text"], vt)}
         for m in ("audio", "vision"):
             h = self.lang_with[m](s["text"], kv=s[m], kv_valid=valid[m])
-            streams[m] = self.mem[m](h, vt)[:, -1]
+            streams[m] = self.mem[m].last(h, vt)
         stream_scores, fused = {}, []
         for m in MODALITIES:
             z, stream_scores[m] = self.stream_head[m](streams[m])

@@ -233,7 +233,7 @@ class DMD(BenchModel):
         p = self._decouple(batch)
         s, c, valid = p["s"], p["c"], p["valid"]
         homo = {m: self.homo_head[m](p["c_flat"][m]) for m in MODALITIES}
-        c_last = torch.cat([self.shared_self[m](c[m], valid[m])[:, -1] for m in MODALITIES], -1)
+        c_last = torch.cat([self.shared_self[m].last(c[m], valid[m]) for m in MODALITIES], -1)
         _, shared_score = self.shared_head(c_last)
 
         hetero, gates = {}, []
@@ -243,7 +243,7 @@ class DMD(BenchModel):
                  for o in MODALITIES if o != t],
                 dim=-1,
             )
-            last = self.mem[t](hs, valid[t])[:, -1]
+            last = self.mem[t].last(hs, valid[t])
             hetero[t] = self.hetero_head[t](last)
             gates.append(torch.sigmoid(self.gate[t](last)))
         gates.append(torch.sigmoid(self.gate_shared(c_last)))

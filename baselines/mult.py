@@ -142,10 +142,16 @@ class EncoderLayer(nn.Module):
         self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
 
     def forward(
-        self, x: torch.Tensor, kv: torch.Tensor | None, mask: torch.Tensor | None
+        self, x: torch.Tensor, kv: torch.Tensor | None, mask: torch.Tensor | None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """`last_only`: the output at the last query step alone (B, 1, D), attending over
+        every key as before (a readout needs nothing else from the final layer)."""
         h = self.norm_attn(x)
         kv_n = h if kv is None else self.norm_attn(kv)
+        if last_only:
+            x, h = x[:, -1:], h[:, -1:]
+            mask = None if mask is None else mask[..., -1:, :]
         x = x + F.dropout(self.attn(h, kv_n, mask), self.res_dropout, self.training)
         h = F.relu(self.fc1(self.norm_ff(x)))
         h = self.fc2(F.dropout(h, self.relu_dropout, self.training))
@@ -192,6 +198,7 @@ class TransformerEncoder(nn.Module):
         valid: torch.Tensor | None = None,
         kv: torch.Tensor | None = None,
         kv_valid: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         x = self._embed(x)
         if kv is None:
@@ -200,9 +207,18 @@ class TransformerEncoder(nn.Module):
             kv = self._embed(kv)
             key_valid, len_k = kv_valid, kv.shape[1]
         mask = attention_mask(x.shape[1], len_k, key_valid, self.causal, x.device)
-        for layer in self.layers:
-            x = layer(x, kv, mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, kv, mask, last_only and i == len(self.layers) - 1)
         return self.norm(x)
+
+    def last(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, kv: torch.Tensor | None = None,
+        kv_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward(...)[:, -1]` (B, D), the MulT-family readout. Why: the final layer's
+        other query steps feed nothing, so only the last one is computed there (the final
+        memory layer of MulT was a quarter of its memory transformers' work)."""
+        return self(x, valid, kv, kv_valid, last_only=True)[:, -1]
 
 
 # CrossModalEncoder is the same block used with `kv`; the alias names the intent at call sites.
@@ -323,7 +339,7 @@ class MulTFusion(nn.Module):
                 extra = append[t]
                 h = torch.cat([h, extra], dim=1)
                 v = torch.cat([v, v.new_ones(extra.shape[:2])], dim=1)
-            last[t] = self.mem[t](h, valid=v)[:, -1]
+            last[t] = self.mem[t].last(h, valid=v)
         return last
 
 

@@ -4,13 +4,10 @@ Why: attention at head width 4-6 is made of batched products with a thin side: t
 values softmax(S) v and the gradients d/dq = dS k, d/dk = dS^T q, d/dv = P^T dO all write
 (L x dh) outputs. MKL's batched GEMM writes such few-column outputs about 3x slower than their
 transposes (measured on this AMD EPYC, 1,024 products of 50 x 50 by 50 x 5: 4.9 ms vs 1.6
-ms), so `tmm` computes a thin product as (b^T a^T)^T, the same numbers up to float rounding,
-and `thin_matmul` is a matmul whose backward does the same for both gradients.
+ms), so `tmm` computes a thin product as (b^T a^T)^T, the same numbers up to float rounding.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -26,25 +23,3 @@ def tmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if b.shape[-1] <= THIN and b.shape[-1] < a.shape[-2]:
         return (b.transpose(-1, -2) @ a.transpose(-1, -2)).transpose(-1, -2)
     return a @ b
-
-
-def thin_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b (same batch shape, no broadcasting) with every product of forward and backward
-    taken in its fast orientation."""
-    if not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
-        return tmm(a, b)
-    return _ThinMatmul.apply(a, b)
-
-
-class _ThinMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
-        return tmm(a, b).contiguous()  # a thin result is small; a view could not be written in place
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        a, b = ctx.saved_tensors
-        ga = tmm(g, b.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
-        gb = tmm(a.transpose(-1, -2), g) if ctx.needs_input_grad[1] else None
-        return ga, gb

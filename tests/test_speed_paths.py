@@ -171,42 +171,66 @@ def test_mca_gradients_equal_the_seven_masked_softmaxes(lens):
         torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-4)
 
 
+def _attention_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, n, 4, generator=g, dtype=dtype, requires_grad=True) for n in (6, 9, 9))
+    mask = torch.arange(9)[None, None, None, :] < torch.tensor([9, 4])[:, None, None, None]
+    return q, k, v, mask
+
+
+def _out_and_grads(fn, *inputs):
+    for t in inputs:
+        t.grad = None
+    out = fn()
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach(), *(t.grad.clone() for t in inputs)]
+
+
 def test_dropout_attention_path_equals_sdpa_when_nothing_is_dropped(monkeypatch):
     import torch.nn.functional as F
 
     import baselines.common as common
 
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, 3, n, 4, generator=g, requires_grad=True) for n in (6, 9, 9))
-    mask = torch.arange(9)[None, None, None, :] < torch.tensor([9, 4])[:, None, None, None]
-    monkeypatch.setattr(common, "dropout_scale", lambda shape, p, dtype, device: torch.ones(shape))
-    outs = []
-    for fn in (lambda: common.attention(q, k, v, mask, 0.3, True),
-               lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)):
-        for t in (q, k, v):
-            t.grad = None
-        out = fn()
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outs.append([out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()])
-    for new, ref in zip(*outs, strict=True):
-        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+    q, k, v, mask = _attention_inputs()
+    monkeypatch.setattr(common, "keep_mask", lambda shape, p: torch.ones(shape, dtype=torch.bool))
+    new = _out_and_grads(lambda: common.attention(q, k, v, mask, 0.3, True) * 0.7, q, k, v)
+    ref = _out_and_grads(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v)
+    for a, b in zip(new, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # without dropout (or in eval) the call is the fused kernel itself
-    torch.testing.assert_close(common.attention(q, k, v, mask, 0.3, False), outs[1][0])
+    torch.testing.assert_close(common.attention(q, k, v, mask, 0.3, False), ref[0])
+
+
+def test_dropout_attention_equals_the_written_out_dropout_and_its_gradients(monkeypatch):
+    """The one-function path against autograd through softmax, mask and dropout multipliers
+    written out (the code before it), with the same fixed dropout pattern; float64."""
+    import baselines.common as common
+
+    q, k, v, mask = _attention_inputs(torch.float64)
+    keep = torch.rand(2, 3, 6, 9, generator=torch.Generator().manual_seed(5)) > 0.3
+    monkeypatch.setattr(common, "keep_mask", lambda shape, p: keep)
+
+    def written_out():
+        s = (q * 0.5) @ k.transpose(-1, -2)
+        w = torch.softmax(s.masked_fill(~mask, -torch.inf), -1) * keep.to(s.dtype) / 0.7
+        return w @ v
+
+    new = _out_and_grads(lambda: common.attention(q, k, v, mask, 0.3, True), q, k, v)
+    ref = _out_and_grads(written_out, q, k, v)
+    for a, b in zip(new, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_cheap_dropout_mask_has_the_dropout_law_and_follows_the_seed():
-    from baselines.common import dropout_scale
+    from baselines.common import keep_mask
 
     torch.manual_seed(7)
-    a = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
-    b = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
+    a, b = keep_mask(torch.Size([400, 1000]), 0.3), keep_mask(torch.Size([400, 1000]), 0.3)
     torch.manual_seed(7)
-    again = dropout_scale(torch.Size([400, 1000]), 0.3, torch.float32, "cpu")
-    assert torch.equal(a, again) and not torch.equal(a, b)
-    assert torch.unique(a).tolist() == pytest.approx([0.0, 1 / 0.7])
-    assert abs(float((a == 0).float().mean()) - 0.3) < 0.005  # 400k draws: sd 0.0007
-    assert abs(float(a.mean()) - 1.0) < 0.01  # inverted dropout keeps the expectation
-    rows = (a == 0).float().mean(1)  # no structure along the flattened index
+    assert torch.equal(a, keep_mask(torch.Size([400, 1000]), 0.3)) and not torch.equal(a, b)
+    assert a.dtype == torch.bool and a.shape == (400, 1000)
+    assert abs(float((~a).float().mean()) - 0.3) < 0.005  # 400k draws: sd 0.0007
+    rows = (~a).float().mean(1)  # no structure along the flattened index
     assert float(rows.std()) < 0.03
 
 
@@ -309,23 +333,13 @@ def test_fixed_seed_training_is_bitwise_the_same_with_the_unfused_relu_dropout(m
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 20, 9, 5), (2, 3, 7, 6, 11), (2, 1, 4, 30, 16)])
-def test_thin_matmul_equals_matmul_forward_and_backward(shape):
-    from mer_bench.ops import thin_matmul, tmm
+def test_thin_product_equals_matmul(shape):
+    from mer_bench.ops import tmm
 
     *batch, m, k, n = shape
     g = torch.Generator().manual_seed(4)
     a0, b0 = torch.randn(*batch, m, k, generator=g), torch.randn(*batch, k, n, generator=g)
-    results = []
-    for fn in (torch.matmul, thin_matmul):
-        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
-        out = fn(a, b)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), a.grad, b.grad))
-    for new, ref in zip(*results, strict=True):
-        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tmm(a0, b0), a0 @ b0, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():
-        torch.testing.assert_close(thin_matmul(a0, b0), a0 @ b0, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("lens", [(5, 5, 5), (4, 9, 6)])
@@ -357,3 +371,74 @@ def test_mca_attention_dropout_draws_and_gradients_are_the_blockwise_ones(lens):
         torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-4)
     with torch.no_grad():  # the draws mattered: without them the output differs
         assert not torch.allclose(mca.eval()(x, lens)[0], outs[0][0], atol=1e-3)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_last_step_readout_equals_the_full_encoders_last_step(cross):
+    from baselines.mult import TransformerEncoder
+
+    torch.manual_seed(0)
+    enc = TransformerEncoder(8, 2, 3, causal=True)  # no dropout: both paths are deterministic
+    x = torch.randn(3, 7, 8, requires_grad=True)
+    kv = torch.randn(3, 11, 8, requires_grad=True) if cross else None
+    valid = torch.arange(11 if cross else 7)[None] < torch.tensor([11, 4, 0])[:, None]
+    args = (x, None, kv, valid) if cross else (x, valid)
+    results = []
+    for fn in (lambda: enc(*args)[:, -1], lambda: enc.last(*args)):
+        enc.zero_grad()
+        x.grad = None
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), x.grad.clone(), enc.layers[-1].fc1.weight.grad.clone()])
+    for new, ref in zip(*results, strict=True):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+
+
+def _short_mult_training(**hp) -> tuple[dict[str, float], np.ndarray]:
+    tr, va = random_split(48, seed=1), random_split(24, seed=2)
+    spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
+    seed_torch(1111)
+    model = build_model("mult", spec, "binary", d_model=8, num_heads=2, layers=2, mem_layers=2,
+                        kernel_text=1, kernel_audio=3, kernel_vision=3, **hp)
+    train(model, tr, va, TrainSettings(epochs=2, patience=3, batch_size=16),
+          get_policy("per-sample-uniform").bind(1111), [])
+    scores = predict(model, va, None, "cpu")["scores"]
+    assert not np.allclose(scores, scores.mean())  # a model that discriminates
+    return score(model.output, "binary", scores, va), scores
+
+
+def _assert_same_training(a, b) -> None:
+    np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+    for k in a[0]:
+        assert a[0][k] == pytest.approx(b[0][k], abs=1e-4), k
+
+
+def test_fixed_seed_mult_training_is_the_same_with_the_written_out_dropout(monkeypatch):
+    """MulT with attention dropout on (MMSA's MOSI block: 0.3 / 0.2 / 0), trained with the
+    one-function dropout attention and with autograd through it written out, on the same
+    keep-mask draws."""
+    import baselines.common as common
+
+    fast = _short_mult_training()
+
+    def written_out(q, k, v, mask, dropout, training):
+        if not training or dropout == 0.0:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        s = s.masked_fill(~mask, -torch.inf) if mask is not None else s
+        keep = common.keep_mask(s.shape, dropout).to(s.dtype)
+        return (torch.softmax(s, -1) * keep / (1 - dropout)) @ v
+
+    monkeypatch.setattr("baselines.mult.attention", written_out)
+    _assert_same_training(fast, _short_mult_training())
+
+
+def test_fixed_seed_mult_training_is_the_same_with_the_full_final_layer(monkeypatch):
+    """The last-step readout against the full final layer; attention dropout off, since the
+    readout draws a (B, H, 1, L) mask where the full layer drew (B, H, L, L)."""
+    from baselines.mult import TransformerEncoder
+
+    off = {"attn_dropout": 0.0, "attn_dropout_a": 0.0}
+    fast = _short_mult_training(**off)
+    monkeypatch.setattr(TransformerEncoder, "last", lambda self, *a, **kw: self(*a, **kw)[:, -1])
+    _assert_same_training(fast, _short_mult_training(**off))
