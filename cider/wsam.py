@@ -45,7 +45,7 @@ class WSAM(nn.Module):
         w, b = self.in_proj.weight, self.in_proj.bias
         q = nn.functional.linear(text, w[:e], b[:e]) * self.scaling
         kv = nn.functional.linear(other, w[e:], b[e:])
-        k, v = kv[..., :e], kv[..., e:]
+        k, v = kv.chunk(2, dim=-1)  # split, not slices: its backward is one concatenation
         any_key = key_ok.any(dim=1)
         # a sample without valid keys attends to every key, and its rows are zeroed below
         keys = (key_ok | ~any_key[:, None]).unsqueeze(1)  # (B, 1, T_o)
