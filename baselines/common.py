@@ -65,10 +65,10 @@ def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool
 class _DropoutAttention(torch.autograd.Function):
     """Attention with dropout on the weights, as one autograd function.
 
-    Why: written out in autograd, a step of the MulT family spent about a third of its time in
-    elementwise passes over the (B, H, L_q, L_k) weights that only bookkeeping needed: the float
-    dropout multipliers, their product, the masked-fill backward, the softmax backward. Here the
-    mask is an additive bias, the weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves
+    Why: written out in autograd, the path kept three weight-sized (B, H, L_q, L_k) tensors for
+    backward (softmax output, float dropout multipliers, their product) and made extra passes
+    over them (the multipliers, the masked-fill backward); measured, MulT's peak RSS fell from
+    10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive bias, the weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves
     to the thin outputs), and with W = dropped weights the softmax backward is
     d/dS = c (W * dW - P * rowsum(W * dW)), formed in place; P and W are all it keeps.
     Every thin product goes through `tmm` (head widths 5-8)."""
