@@ -186,6 +186,19 @@ def _out_and_grads(fn, *inputs):
     return [out.detach(), *(t.grad.clone() for t in inputs)]
 
 
+def written_out_attention(q, k, v, mask, dropout: float, training: bool) -> torch.Tensor:
+    """`baselines.common.attention` as autograd through softmax, mask and float dropout
+    multipliers written out (the code before `_DropoutAttention`), drawing the same keep mask."""
+    import baselines.common as common
+
+    if not training or dropout == 0.0:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    s = s.masked_fill(~mask, -torch.inf) if mask is not None else s
+    keep = common.keep_mask(s.shape, dropout).to(s.dtype)
+    return (torch.softmax(s, -1) * keep / (1 - dropout)) @ v
+
+
 def test_dropout_attention_path_equals_sdpa_when_nothing_is_dropped(monkeypatch):
     import torch.nn.functional as F
 
@@ -210,13 +223,8 @@ def test_dropout_attention_equals_the_written_out_dropout_and_its_gradients(monk
     keep = torch.rand(2, 3, 6, 9, generator=torch.Generator().manual_seed(5)) > 0.3
     monkeypatch.setattr(common, "keep_mask", lambda shape, p: keep)
 
-    def written_out():
-        s = (q * 0.5) @ k.transpose(-1, -2)
-        w = torch.softmax(s.masked_fill(~mask, -torch.inf), -1) * keep.to(s.dtype) / 0.7
-        return w @ v
-
     new = _out_and_grads(lambda: common.attention(q, k, v, mask, 0.3, True), q, k, v)
-    ref = _out_and_grads(written_out, q, k, v)
+    ref = _out_and_grads(lambda: written_out_attention(q, k, v, mask, 0.3, True), q, k, v)
     for a, b in zip(new, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -417,19 +425,8 @@ def test_fixed_seed_mult_training_is_the_same_with_the_written_out_dropout(monke
     """MulT with attention dropout on (MMSA's MOSI block: 0.3 / 0.2 / 0), trained with the
     one-function dropout attention and with autograd through it written out, on the same
     keep-mask draws."""
-    import baselines.common as common
-
     fast = _short_mult_training()
-
-    def written_out(q, k, v, mask, dropout, training):
-        if not training or dropout == 0.0:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-        s = s.masked_fill(~mask, -torch.inf) if mask is not None else s
-        keep = common.keep_mask(s.shape, dropout).to(s.dtype)
-        return (torch.softmax(s, -1) * keep / (1 - dropout)) @ v
-
-    monkeypatch.setattr("baselines.mult.attention", written_out)
+    monkeypatch.setattr("baselines.mult.attention", written_out_attention)
     _assert_same_training(fast, _short_mult_training())
 
 
