@@ -78,10 +78,11 @@ class _CpuAttention(torch.autograd.Function):
 
     Why: at head widths 5-16 the CPU's fused flash kernel is slow in backward (measured, one
     thread, MulT's shapes: forward + backward 1.2-1.7x slower than this function, forward
-    alone faster, so inference keeps it; see NARROW_HEAD). Written out in autograd, the dropout path kept
-    three weight-sized (B, H, L_q, L_k) tensors for backward (softmax output, float dropout
-    multipliers, their product) and made extra passes over them; measured, MulT's peak RSS
-    fell from 10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive
+    alone faster, so inference keeps it; see NARROW_HEAD). Written out in autograd, the
+    dropout path kept three weight-sized (B, H, L_q, L_k) tensors for backward (softmax
+    output, float dropout multipliers, their product) and made extra passes over them;
+    measured, MulT's peak RSS fell from 10.6 to 6.4 GB, its epoch 1.07x (README, stop 32).
+    Here the mask is an additive
     bias, the weights are `where(keep, P, 0)` (P itself without dropout; the 1 / (1 - p)
     scale moves to the thin outputs), and with W = those weights the softmax backward is
     d/dS = c (W * dW - P * rowsum(W * dW)), formed in place; P and W (one tensor without
