@@ -53,40 +53,25 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
 
 def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d), masked) v, with attention dropout while training (callers
-    unmask empty rows). Off the CPU, and on it without gradients, the fused
-    `scaled_dot_product_attention` (its CUDA kernels draw their own dropout); on the CPU with
-    gradients, `_CpuAttention` with dropout, and without it for heads up to NARROW_HEAD wide."""
-    p = dropout if training else 0.0
+    unmask empty rows). Fused `scaled_dot_product_attention` without dropout, and with it
+    off the CPU (its CUDA kernels draw their own dropout); `_DropoutAttention` on the CPU."""
+    if not training or dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if grads and (p > 0 or q.shape[-1] <= NARROW_HEAD):
-        return _CpuAttention.apply(q, k, v, mask, p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return _DropoutAttention.apply(q, k, v, mask, dropout)
 
 
-# widest head trained through `_CpuAttention` without dropout. Measured (one thread, forward +
-# backward): at widths 5-16 the fused flash kernel's backward made it 1.1-1.7x slower; at
-# width 64 (LNLN's 508-frame encoders) the function was no faster in an epoch and, keeping the
-# weights for backward, nearly doubled the peak RSS (2.9 -> 5.2 GB)
-NARROW_HEAD = 16
+class _DropoutAttention(torch.autograd.Function):
+    """Attention with dropout on the weights, as one autograd function.
 
-
-class _CpuAttention(torch.autograd.Function):
-    """Attention for training on the CPU, as one autograd function, optionally with dropout
-    on the weights.
-
-    Why: at head widths 5-16 the CPU's fused flash kernel is slow in backward (measured, one
-    thread, MulT's shapes: forward + backward 1.2-1.7x slower than this function, forward
-    alone faster, so inference keeps it; see NARROW_HEAD). Written out in autograd, the
-    dropout path kept three weight-sized (B, H, L_q, L_k) tensors for backward (softmax
-    output, float dropout multipliers, their product) and made extra passes over them;
-    measured, MulT's peak RSS fell from 10.6 to 6.4 GB, its epoch 1.07x (README, stop 32).
-    Here the mask is an additive
-    bias, the weights are `where(keep, P, 0)` (P itself without dropout; the 1 / (1 - p)
-    scale moves to the thin outputs), and with W = those weights the softmax backward is
-    d/dS = c (W * dW - P * rowsum(W * dW)), formed in place; P and W (one tensor without
-    dropout) are all it keeps. Every thin product goes through `tmm`."""
+    Why: written out in autograd, the path kept three weight-sized (B, H, L_q, L_k) tensors for
+    backward (softmax output, float dropout multipliers, their product) and made extra passes
+    over them (the multipliers, the masked-fill backward); measured, MulT's peak RSS fell from
+    10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive bias, the weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves
+    to the thin outputs), and with W = dropped weights the softmax backward is
+    d/dS = c (W * dW - P * rowsum(W * dW)), formed in place; P and W are all it keeps.
+    Every thin product goes through `tmm` (head widths 5-8)."""
 
     @staticmethod
     def forward(ctx: Any, q, k, v, mask: torch.Tensor | None, p: float) -> torch.Tensor:
@@ -96,18 +81,16 @@ class _CpuAttention(torch.autograd.Function):
             s.add_(torch.zeros(mask.shape, dtype=s.dtype).masked_fill_(~mask, -math.inf))
         probs = torch.softmax(s, dim=-1)
         del s
-        w = torch.where(keep_mask(probs.shape, p), probs, 0.0) if p > 0 else probs
+        w = torch.where(keep_mask(probs.shape, p), probs, 0.0)
         ctx.save_for_backward(q, k, v, probs, w)
         ctx.scale, ctx.c = scale, 1.0 / (1.0 - p)
-        out = tmm(w, v)
-        return out.mul_(ctx.c) if p > 0 else out
+        return tmm(w, v).mul_(ctx.c)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
         q, k, v, probs, w = ctx.saved_tensors
         c = ctx.c
-        dv = tmm(w.transpose(-1, -2), g)
-        dv = dv.mul_(c) if c != 1.0 else dv
+        dv = tmm(w.transpose(-1, -2), g).mul_(c)
         t = (g @ v.transpose(-1, -2)).mul_(w)  # W * dW
         ds = t.addcmul_(probs, t.sum(-1, keepdim=True), value=-1.0)  # d/dS over c
         cs = c * ctx.scale

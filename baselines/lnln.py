@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.common import FeedForward, MultiHeadAttention, attention
+from baselines.common import FeedForward, MultiHeadAttention
 from mer_bench.data.batch import Batch
 from mer_bench.errors import DataError, UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
@@ -181,10 +181,12 @@ class HyperModalityLayer(nn.Module):
     ) -> torch.Tensor:
         h_l, h_a, h_v = self.norm_l(h_l), self.norm_a(h_a), self.norm_v(h_v)
         q = self._heads(self.to_q(h_l))
-        out_a = attention(q, self._heads(self.to_k_a(h_a)), self._heads(self.to_v_a(h_a)),
-                          None, 0.0, self.training)
-        out_v = attention(q, self._heads(self.to_k_v(h_v)), self._heads(self.to_v_v(h_v)),
-                          None, 0.0, self.training)
+        out_a = F.scaled_dot_product_attention(
+            q, self._heads(self.to_k_a(h_a)), self._heads(self.to_v_a(h_a))
+        )
+        out_v = F.scaled_dot_product_attention(
+            q, self._heads(self.to_k_v(h_v)), self._heads(self.to_v_v(h_v))
+        )
         out = (out_a + out_v).transpose(1, 2).reshape(h_l.shape[0], h_l.shape[1], -1)
         # Officially the residual is taken on the normalised hyper tokens (in-place add).
         return self.norm_h(h_hyper) + self.to_out(out)

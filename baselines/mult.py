@@ -90,9 +90,8 @@ def attention_mask(
 
 class MultiheadAttention(nn.Module):
     """Multi-head attention with one packed input projection (the fairseq/MulT layout, so
-    parameter counts match the official models) running on `baselines.common.attention` (the
-    fused kernel for inference, one autograd function with a cheap dropout mask for training
-    on the CPU)."""
+    parameter counts match the official models) running on `baselines.common.attention` (fused
+    kernels without dropout, a cheap dropout mask with it)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
