@@ -68,10 +68,11 @@ class _DropoutAttention(torch.autograd.Function):
     Why: written out in autograd, the path kept three weight-sized (B, H, L_q, L_k) tensors for
     backward (softmax output, float dropout multipliers, their product) and made extra passes
     over them (the multipliers, the masked-fill backward); measured, MulT's peak RSS fell from
-    10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive bias, the weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves
-    to the thin outputs), and with W = dropped weights the softmax backward is
-    d/dS = c (W * dW - P * rowsum(W * dW)), formed in place; P and W are all it keeps.
-    Every thin product goes through `tmm` (head widths 5-8)."""
+    10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive bias, the
+    weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves to the thin outputs), and
+    with W = dropped weights the softmax backward is d/dS = c (W * dW - P * rowsum(W * dW)),
+    formed in place; P and W are all it keeps. Every thin product goes through `tmm` (head
+    widths 5-8)."""
 
     @staticmethod
     def forward(ctx: Any, q, k, v, mask: torch.Tensor | None, p: float) -> torch.Tensor:
