@@ -14,13 +14,15 @@ import sys
 from collections.abc import Sequence
 
 from mer_bench.errors import UserError
+from mer_bench.paths import results_default
 
 EPILOG = """quick start:
   mer-bench run --model cider --scenario rmfm-ood     # embedded synth-mosi, generated on first use
-  mer-bench report && mer-bench plot                  # tables and curves from the results store
-  mer-bench compare --models cider,mult --scenario rmfm-iid   # paired test from the store
+  mer-bench report && mer-bench plot                  # tables and curves from local-results/
+  mer-bench compare --models cider,mult --scenario rmfm-iid --results results   # on the board
   mer-bench ls models|scenarios|datasets
 """
+STORE_HELP = "results store (default: $MER_BENCH_RESULTS, else local-results; the board: results)"
 
 
 def _floats(text: str) -> list[float]:
@@ -401,7 +403,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablate", default=None, help="ablation switches, comma-separated")
     _text_encoder_arg(p)
     p.add_argument("--hp-from", default=None, help="tuned:PATH, a `mer-bench tune` *_best.json")
-    p.add_argument("--results", default="results", help="results store directory")
+    p.add_argument("--results", default=results_default(), help=STORE_HELP)
     p.add_argument(
         "--force", action="store_true",
         help="recompute finished cells and retrain their models (each shared training once)",
@@ -500,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("report", help="leaderboards and paper-shaped tables from the store")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default=results_default(), help=STORE_HELP)
     p.add_argument("--out", default=None, help="output directory (default: the store)")
     p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
     p.add_argument("--robustness-convention", default="trapezoid",
@@ -508,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="curves, SMM bars, representation scatter, corrections")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default=results_default(), help=STORE_HELP)
     p.add_argument("--out", default=None)
     p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
     p.add_argument("--text-encoder", default=None, help=argparse.SUPPRESS)  # refused: see cmd_plot
@@ -519,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default=None)
     p.add_argument("--metric", default=None, help="default: the task's headline metric")
     p.add_argument("--protocol", default="fair", choices=["fair", "paper"])
-    p.add_argument("--results", default="results", help="the store (with --against: MINE)")
+    p.add_argument("--results", default=results_default(),
+                   help="the store (with --against: MINE); " + STORE_HELP)
     p.add_argument("--against", default=None, help="a second store, e.g. the committed results/")
     p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
     p.set_defaults(func=cmd_compare)
@@ -542,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_count(100_000), default=20)
     p.add_argument("--epochs", type=_count(100_000), default=None)
     p.add_argument("--seed", type=_seed, default=1111)
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default=results_default(), help=STORE_HELP)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _text_encoder_arg(p)
     p.set_defaults(func=cmd_tune)

@@ -1,4 +1,5 @@
-"""Where things live: the data root and the per-user cache (splits: `mer_bench.splits.files`)."""
+"""Where things live: the data root, the per-user cache and the default results store (splits:
+`mer_bench.splits.files`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_RESULTS = "local-results"
+
+
+def results_default() -> str:
+    """`$MER_BENCH_RESULTS`, else `local-results`: a user's own runs never land in the committed
+    board's store (`results/`, which is reached with `--results results`)."""
+    return os.environ.get("MER_BENCH_RESULTS") or LOCAL_RESULTS
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:

@@ -186,6 +186,23 @@ def test_cli_run_report_plot_end_to_end(tmp_path):
     assert list((res / "figures").glob("curve_*.png"))
 
 
+def test_default_store_is_local_never_the_committed_board(tmp_path, monkeypatch):
+    """A user's first `run && report && plot` writes to local-results/ (or $MER_BENCH_RESULTS)
+    and leaves a checkout's committed `results/` untouched."""
+    monkeypatch.setattr("mer_bench.alloc._applied", {})
+    monkeypatch.delenv("MER_BENCH_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = ["run", "--model", "lf_dnn", "--scenario", "rmfm-iid", "--scale", "0.05",
+           "--epochs", "1", "--rates", "0,1"]
+    assert main(run) == 0 and main(["report", "--bootstrap", "50"]) == 0
+    assert len(list((tmp_path / "local-results" / "runs").glob("lf_dnn__*.json"))) == 1
+    assert (tmp_path / "local-results" / "leaderboard.md").is_file()
+    assert not (tmp_path / "results").exists()
+    monkeypatch.setenv("MER_BENCH_RESULTS", str(tmp_path / "mine"))
+    assert main(run) == 0
+    assert len(list((tmp_path / "mine" / "runs").glob("lf_dnn__*.json"))) == 1
+
+
 def test_cli_cross_dataset_run_on_the_embedded_pair(tmp_path):
     """`*-cross` on the embedded default: train on synth-mosi's CASP-shaped twin, test on
     synth-mosei's, with CIDer's counterfactual pass (the twins carry token ids)."""

@@ -69,7 +69,7 @@ def test_wheel_installs_and_runs_without_a_checkout(tmp_path):
     before = _tree(pkg)
     _sh([*cli, "run", "--model", "lf_dnn", "--scenario", "rmfm-ood", "--scale", "0.1",
          "--epochs", "1"], work, env)
-    assert list((work / "results" / "runs").glob("lf_dnn__synth-mosi__*.json"))
+    assert list((work / "local-results" / "runs").glob("lf_dnn__synth-mosi__*.json"))
     label_csv = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"
     if label_csv.is_file():  # the shipped `mosi` split is found by the installed package
         p = _sh([*cli, "split", "check", "--dataset", "mosi", "--task", "binary",

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from mer_bench.errors import UserError
+from mer_bench.paths import LOCAL_RESULTS
 from mer_bench.results.store import Store, atomic_write_bytes, keeps_joint
 from mer_bench.training import provenance
 from mer_bench.training.keys import data_identity, dataset_slug, model_code_version
@@ -735,7 +736,7 @@ MAX_JOBS = 256
 
 def run_cells(
     cells: Sequence[tuple[RunConfig, int]],
-    results: str = "results",
+    results: str = LOCAL_RESULTS,
     force: bool = False,
     jobs: int = 1,
     backend: str = "joblib",
