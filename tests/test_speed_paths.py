@@ -229,6 +229,52 @@ def test_dropout_attention_equals_the_written_out_dropout_and_its_gradients(monk
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _causal_inputs(len_q: int = 70, len_k: int = 90):
+    """float64 q, k, v and MulT's future mask with key padding (one sample sees 40 keys)."""
+    from baselines.mult import attention_mask
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 3, len_q, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 3, len_k, 5, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    key_valid = torch.arange(len_k)[None] < torch.tensor([len_k, 40])[:, None]
+    return q, k, v, attention_mask(len_q, len_k, key_valid, True, q.device)
+
+
+def test_causal_spans_skip_exactly_the_keys_no_row_of_a_chunk_sees():
+    from baselines.common import causal_spans
+    from baselines.mult import attention_mask
+
+    *_, mask = _causal_inputs()
+    spans = causal_spans(mask, 90)  # query i sees keys j <= i + 20; 32-row chunks
+    assert spans == [(0, 32, 52), (32, 64, 84), (64, 70, 90)]
+    for r0, r1, e in spans:
+        assert not mask[..., r0:r1, e:].any() and mask[..., r0:r1, e - 1].any()
+    assert causal_spans(attention_mask(16, 16, None, True, "cpu"), 16) is None  # one chunk
+    assert causal_spans(attention_mask(70, 400, None, True, "cpu"), 400) is None  # skips < 10%
+    assert causal_spans(mask[..., -1:, :], 90) is None and causal_spans(None, 90) is None
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_chunked_causal_attention_equals_the_written_out_one(monkeypatch, dropout):
+    """Row chunks over the keys each may see (training, with and without dropout, and eval)
+    against the full masked softmax written out, on one fixed keep mask; float64."""
+    import baselines.common as common
+
+    q, k, v, mask = _causal_inputs()
+    keep = torch.rand(2, 3, 70, 90, generator=torch.Generator().manual_seed(6)) > 0.3
+    monkeypatch.setattr(common, "keep_mask", lambda shape, p: keep[..., : shape[-2], : shape[-1]])
+    assert common.causal_spans(mask, 90) is not None
+    new = _out_and_grads(lambda: common.attention(q, k, v, mask, dropout, True), q, k, v)
+    ref = _out_and_grads(lambda: written_out_attention(q, k, v, mask, dropout, True), q, k, v)
+    for a, b in zip(new, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(common.attention(q, k, v, mask, dropout, False),
+                                   written_out_attention(q, k, v, mask, dropout, False),
+                                   rtol=1e-10, atol=1e-12)
+
+
 def test_cheap_dropout_mask_has_the_dropout_law_and_follows_the_seed():
     from baselines.common import keep_mask
 
@@ -427,6 +473,21 @@ def test_fixed_seed_mult_training_is_the_same_with_the_written_out_dropout(monke
     keep-mask draws."""
     fast = _short_mult_training()
     monkeypatch.setattr("baselines.mult.attention", written_out_attention)
+    _assert_same_training(fast, _short_mult_training())
+
+
+def test_fixed_seed_mult_training_is_the_same_without_causal_chunks(monkeypatch):
+    """MulT trained with its future-masked attention in row chunks (forced here: 2-row chunks
+    on its short test sequences) and over the full maps, on the same keep-mask draws."""
+    import baselines.common as common
+
+    monkeypatch.setattr(common, "CHUNK_ROWS_MIN", 2)
+    chunked = []
+    spans = common.causal_spans
+    monkeypatch.setattr(common, "causal_spans", lambda *a: chunked.append(spans(*a)) or chunked[-1])
+    fast = _short_mult_training()
+    assert any(chunked)
+    monkeypatch.setattr(common, "causal_spans", lambda *a: None)
     _assert_same_training(fast, _short_mult_training())
 
 
