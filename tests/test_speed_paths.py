@@ -186,6 +186,12 @@ def _out_and_grads(fn, *inputs):
     return [out.detach(), *(t.grad.clone() for t in inputs)]
 
 
+def _fixed_draws(keep: torch.Tensor):
+    """A stand-in for `baselines.common.uniform16` whose draws keep exactly `keep` at any p."""
+    draws = torch.where(keep, 32767, -32768).to(torch.int16)
+    return lambda shape: draws.expand(shape)
+
+
 def written_out_attention(q, k, v, mask, dropout: float, training: bool) -> torch.Tensor:
     """`baselines.common.attention` as autograd through softmax, mask and float dropout
     multipliers written out (the code before `_DropoutAttention`), drawing the same keep mask."""
@@ -205,7 +211,7 @@ def test_dropout_attention_path_equals_sdpa_when_nothing_is_dropped(monkeypatch)
     import baselines.common as common
 
     q, k, v, mask = _attention_inputs()
-    monkeypatch.setattr(common, "keep_mask", lambda shape, p: torch.ones(shape, dtype=torch.bool))
+    monkeypatch.setattr(common, "uniform16", _fixed_draws(torch.ones(2, 3, 6, 9, dtype=torch.bool)))
     new = _out_and_grads(lambda: common.attention(q, k, v, mask, 0.3, True) * 0.7, q, k, v)
     ref = _out_and_grads(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v)
     for a, b in zip(new, ref, strict=True):
@@ -221,7 +227,7 @@ def test_dropout_attention_equals_the_written_out_dropout_and_its_gradients(monk
 
     q, k, v, mask = _attention_inputs(torch.float64)
     keep = torch.rand(2, 3, 6, 9, generator=torch.Generator().manual_seed(5)) > 0.3
-    monkeypatch.setattr(common, "keep_mask", lambda shape, p: keep)
+    monkeypatch.setattr(common, "uniform16", _fixed_draws(keep))
 
     new = _out_and_grads(lambda: common.attention(q, k, v, mask, 0.3, True), q, k, v)
     ref = _out_and_grads(lambda: written_out_attention(q, k, v, mask, 0.3, True), q, k, v)
@@ -263,7 +269,7 @@ def test_chunked_causal_attention_equals_the_written_out_one(monkeypatch, dropou
 
     q, k, v, mask = _causal_inputs()
     keep = torch.rand(2, 3, 70, 90, generator=torch.Generator().manual_seed(6)) > 0.3
-    monkeypatch.setattr(common, "keep_mask", lambda shape, p: keep[..., : shape[-2], : shape[-1]])
+    monkeypatch.setattr(common, "uniform16", _fixed_draws(keep))
     assert common.causal_spans(mask, 90) is not None
     new = _out_and_grads(lambda: common.attention(q, k, v, mask, dropout, True), q, k, v)
     ref = _out_and_grads(lambda: written_out_attention(q, k, v, mask, dropout, True), q, k, v)
