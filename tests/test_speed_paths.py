@@ -497,6 +497,50 @@ def test_fixed_seed_mult_training_is_the_same_without_causal_chunks(monkeypatch)
     _assert_same_training(fast, _short_mult_training())
 
 
+def test_lnln_extractor_first_tokens_equal_the_full_last_layer():
+    """`TokenTransformer(first=k)`: the first k outputs and every gradient as with the whole
+    last layer computed and sliced (padded keys masked)."""
+    from baselines.lnln import TokenTransformer
+
+    torch.manual_seed(0)
+    enc = TokenTransformer(20, 3, 16, 2, 2, 8, 16)
+    x = torch.randn(4, 20, 16, requires_grad=True)
+    valid = torch.arange(20)[None] < torch.tensor([20, 7, 1, 13])[:, None]
+    outs = []
+    for fn in (lambda: enc(x, valid, first=3), lambda: enc(x, valid)[:, :3]):
+        x.grad = None
+        enc.zero_grad()
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append([out.detach(), x.grad.clone(), enc.layers[0].attn.to_q.weight.grad.clone()])
+    assert outs[0][0].shape == (4, 3, 16)
+    for new, ref in zip(*outs, strict=True):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_seed_lnln_training_is_the_same_with_the_full_extractor_layer(monkeypatch):
+    from baselines.lnln import TokenTransformer
+
+    def short() -> tuple[dict[str, float], np.ndarray]:
+        tr, va = random_split(48, seed=1), random_split(24, seed=2)
+        spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
+        seed_torch(1111)
+        model = build_model("lnln", spec, "binary", hidden=16, heads=2, dim_head=8, mlp_dim=16)
+        train(model, tr, va, TrainSettings(epochs=2, patience=3, batch_size=16),
+              get_policy("per-sample-uniform").bind(1111), [])
+        scores = predict(model, va, None, "cpu")["scores"]
+        assert not np.allclose(scores, scores.mean())  # a model that discriminates
+        return score(model.output, "binary", scores, va), scores
+
+    fast = short()
+    full = TokenTransformer.forward
+    monkeypatch.setattr(TokenTransformer, "forward",
+                        lambda self, x, valid=None, keep_hidden=False, first=None:
+                        full(self, x, valid, keep_hidden)[:, :first] if first else
+                        full(self, x, valid, keep_hidden))
+    _assert_same_training(fast, short())
+
+
 def test_fixed_seed_mult_training_is_the_same_with_the_full_final_layer(monkeypatch):
     """The last-step readout against the full final layer; attention dropout off, since the
     readout draws a (B, H, 1, L) mask where the full layer drew (B, H, L, L)."""
