@@ -259,6 +259,7 @@ def test_causal_spans_skip_exactly_the_keys_no_row_of_a_chunk_sees():
     assert causal_spans(attention_mask(16, 16, None, True, "cpu"), 16) is None  # one chunk
     assert causal_spans(attention_mask(70, 400, None, True, "cpu"), 400) is None  # skips < 10%
     assert causal_spans(mask[..., -1:, :], 90) is None and causal_spans(None, 90) is None
+    assert causal_spans(torch.zeros(mask.shape).masked_fill(~mask, -torch.inf), 90) is None  # float
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
