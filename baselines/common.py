@@ -114,7 +114,7 @@ class _DropoutAttention(torch.autograd.Function):
     backward (softmax output, float dropout multipliers, their product) and made extra passes
     over them (the multipliers, the masked-fill backward); measured, MulT's peak RSS fell from
     10.6 to 6.4 GB, its epoch 1.07x (README, stop 32). Here the mask is an additive bias, the
-    weights are `where(keep, P, 0)` (the 1 / (1 - p) scale moves to the thin outputs), and
+    weights are P * keep (the 1 / (1 - p) scale moves to the thin outputs), and
     with W = dropped weights the softmax backward is d/dS = c (W * dW - P * rowsum(W * dW)),
     formed in place; P and W are all it keeps, per row chunk of `causal_spans` (one chunk
     over the whole map without them). Every thin product goes through `tmm` (head widths
@@ -138,7 +138,9 @@ class _DropoutAttention(torch.autograd.Function):
                 s.add_(torch.zeros(m.shape, dtype=s.dtype).masked_fill_(~m, -math.inf))
             probs = torch.softmax(s, dim=-1)
             del s
-            w = torch.where(draws[..., r0:r1, :e] >= kept, probs, 0.0)
+            # P times the bool keep mask: bit for bit `where(keep, P, 0)` (P is finite and
+            # >= 0), measured 1.8x faster than `where` with a scalar zero
+            w = probs * (draws[..., r0:r1, :e] >= kept)
             outs.append(tmm(w, v[..., :e, :]))
             saved.append((probs, w))
         ctx.save_for_backward(q, k, v)
