@@ -134,7 +134,7 @@ class _DropoutAttention(torch.autograd.Function):
         for r0, r1, e in spans:
             s = (q[..., r0:r1, :] * scale) @ k[..., :e, :].transpose(-1, -2)
             if mask is not None:  # additive: a broadcast masked_fill_ was 4x slower
-                m = mask[..., r0:r1, :e] if mask.shape[-2] > 1 else mask[..., :e]
+                m = mask[..., r0:r1, :e]  # a (.., 1, L_k) mask has one span: 0:L_q keeps it
                 s.add_(torch.zeros(m.shape, dtype=s.dtype).masked_fill_(~m, -math.inf))
             probs = torch.softmax(s, dim=-1)
             del s

@@ -456,11 +456,16 @@ def test_last_step_readout_equals_the_full_encoders_last_step(cross):
 
 
 def _short_mult_training(**hp) -> tuple[dict[str, float], np.ndarray]:
+    return _short_model_training("mult", d_model=8, num_heads=2, layers=2, mem_layers=2,
+                                 kernel_text=1, kernel_audio=3, kernel_vision=3, **hp)
+
+
+def _short_model_training(name: str, **hp) -> tuple[dict[str, float], np.ndarray]:
+    """Two seeded epochs of a small `name` on random unaligned data: (metrics, valid scores)."""
     tr, va = random_split(48, seed=1), random_split(24, seed=2)
     spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
     seed_torch(1111)
-    model = build_model("mult", spec, "binary", d_model=8, num_heads=2, layers=2, mem_layers=2,
-                        kernel_text=1, kernel_audio=3, kernel_vision=3, **hp)
+    model = build_model(name, spec, "binary", **hp)
     train(model, tr, va, TrainSettings(epochs=2, patience=3, batch_size=16),
           get_policy("per-sample-uniform").bind(1111), [])
     scores = predict(model, va, None, "cpu")["scores"]
@@ -523,15 +528,7 @@ def test_fixed_seed_lnln_training_is_the_same_with_the_full_extractor_layer(monk
     from baselines.lnln import TokenTransformer
 
     def short() -> tuple[dict[str, float], np.ndarray]:
-        tr, va = random_split(48, seed=1), random_split(24, seed=2)
-        spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
-        seed_torch(1111)
-        model = build_model("lnln", spec, "binary", hidden=16, heads=2, dim_head=8, mlp_dim=16)
-        train(model, tr, va, TrainSettings(epochs=2, patience=3, batch_size=16),
-              get_policy("per-sample-uniform").bind(1111), [])
-        scores = predict(model, va, None, "cpu")["scores"]
-        assert not np.allclose(scores, scores.mean())  # a model that discriminates
-        return score(model.output, "binary", scores, va), scores
+        return _short_model_training("lnln", hidden=16, heads=2, dim_head=8, mlp_dim=16)
 
     fast = short()
     full = TokenTransformer.forward

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from mer_bench.errors import UserError
-from mer_bench.paths import LOCAL_RESULTS
+from mer_bench.paths import results_default
 from mer_bench.results.store import Store, atomic_write_bytes, keeps_joint
 from mer_bench.training import provenance
 from mer_bench.training.keys import data_identity, dataset_slug, model_code_version
@@ -736,7 +736,7 @@ MAX_JOBS = 256
 
 def run_cells(
     cells: Sequence[tuple[RunConfig, int]],
-    results: str = LOCAL_RESULTS,
+    results: str | None = None,
     force: bool = False,
     jobs: int = 1,
     backend: str = "joblib",
@@ -748,6 +748,7 @@ def run_cells(
     argument and the results location are checked before any training."""
     from mer_bench.data.registry import clear_cache
 
+    results = results or results_default()  # as the CLI: $MER_BENCH_RESULTS or local-results
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise UserError(f"--jobs must be an integer in [1, {MAX_JOBS}], got {jobs!r}")
     for cfg, seed in cells:  # validate everything first (no data loaded)
