@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cider import mca_native
 from mer_bench.ops import tmm
 
 # Branch order of the official `out_proj[0..6]`, with the key modalities each attends to.
@@ -39,6 +40,10 @@ BRANCHES: tuple[tuple[str, tuple[int, ...]], ...] = (
 # For query modality m: the branches containing m, in branch order (text: LAV, LA, LV, L; ...).
 MODALITY_BRANCHES: tuple[tuple[int, ...], ...] = tuple(
     tuple(i for i, (_, keys) in enumerate(BRANCHES) if m in keys) for m in range(3)
+)
+# the same as key-modality bit masks, flattened [m][slot] (what the C kernel reads)
+BRANCH_KEY_MASKS: tuple[int, ...] = tuple(
+    sum(1 << j for j in BRANCHES[b][1]) for bs in MODALITY_BRANCHES for b in bs
 )
 
 
@@ -120,44 +125,74 @@ class MCA(nn.Module):
         self, x: torch.Tensor, lens: tuple[int, int, int], need_scores: bool = False
     ) -> tuple[torch.Tensor, Scores | None]:
         """x (B, N, E) -> (B, N, E) and, if asked, the raw scaled scores S as its factors."""
-        q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        q = _heads(q * self.scaling, self.heads).contiguous()
-        k, v = _heads(k, self.heads).contiguous(), _heads(v, self.heads)
-        dh = v.shape[-1]
-        # values with a ones column: one product per block gives the weighted values and the
-        # row sums of the exponentials (no separate reduction, no gradient to add back)
-        v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
-        # per-modality copies (split, not slicing: its backward is one concatenation)
-        qs = [t.contiguous() for t in q.split(lens, dim=2)]
-        kts = [t.contiguous().transpose(-1, -2) for t in k.split(lens, dim=2)]
-        v1s = [t.contiguous() for t in v1.split(lens, dim=2)]
+        qkv = self.in_proj(x)
         # attention dropout acts on the full (LAV) branch only, as in the official code
         p = self.attn_dropout if self.training else 0.0
-        summaries = (self.s_l, self.s_a, self.s_v)
-        outs = []
-        for m in range(3):
-            # per key block j: shift, exp-sum and weighted values of this query block
-            shift, total, value, value_drop = [], [], [], []
-            for j in range(3):
-                weighted, mx, dropped = _BlockExp.apply(qs[m], kts[j], v1s[j], p)
-                val, tot = weighted.split([dh, 1], dim=-1)
-                shift.append(mx)
-                value.append(val)
-                total.append(tot)
-                value_drop.append(dropped)
-            parts = []
-            for b in MODALITY_BRANCHES[m]:
-                keys = BRANCHES[b][1]
-                top = torch.stack([shift[j] for j in keys]).amax(0)
-                w = {j: torch.exp(shift[j] - top) for j in keys}
-                vals = value_drop if (b == 0 and p > 0) else value
-                num = sum(w[j] * vals[j] for j in keys)
-                den = sum(w[j] * total[j] for j in keys)
-                parts.append(self.out_proj[b](_merge(num / den)))
-            outs.append(summaries[m](torch.cat(parts, dim=-1)))
+        if p == 0.0 and min(lens) > 0 and mca_native.usable(qkv, self.dim // self.heads):
+            rows = mca_native.branch_outputs(qkv, self.heads, self.scaling, lens, BRANCH_KEY_MASKS)
+        else:
+            rows = [torch.cat(parts, dim=-1) for parts in _torch_branch_outputs(
+                _scaled_heads(qkv, self.heads, self.scaling), lens, p)]
+        outs = [F.linear(r, *self._summary(m)) for m, r in enumerate(rows)]
         out = self.final_out_proj(torch.cat(outs, dim=1))
         # the raw scores (last layer, for distillation), as factors: the KL forms them
-        return out, (Scores(q, k) if need_scores else None)
+        return out, (Scores(*_scaled_heads(qkv, self.heads, self.scaling)[:2]) if need_scores else None)
+
+    def _summary(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality m's summary of its four branches with their output projections folded in:
+        s_m(cat_s(P_s o_s + c_s)) = cat_s(o_s) @ [S_s P_s]_s^T + (s_m.bias + sum_s S_s c_s),
+        S_s the slot's columns of s_m (the same function, one product instead of five)."""
+        summary = (self.s_l, self.s_a, self.s_v)[m]
+        cols = summary.weight.split(self.dim, dim=1)
+        projs = [self.out_proj[b] for b in MODALITY_BRANCHES[m]]
+        weight = torch.cat([c @ p.weight for c, p in zip(cols, projs)], dim=1)
+        bias = summary.bias + sum(c @ p.bias for c, p in zip(cols, projs))
+        return weight, bias
+
+
+def _scaled_heads(qkv: torch.Tensor, heads: int, scaling: float) -> tuple[torch.Tensor, ...]:
+    """The in-projection's output (B, N, 3E) as q * scaling, k, v, each (B, H, N, dh)."""
+    q, k, v = qkv.chunk(3, dim=-1)
+    return _heads(q * scaling, heads), _heads(k, heads), _heads(v, heads)
+
+
+def _torch_branch_outputs(
+    qkv: tuple[torch.Tensor, ...], lens: tuple[int, int, int], p: float
+) -> list[list[torch.Tensor]]:
+    """Per query modality m, the attention outputs (B, L_m, H * dh) of the branches containing
+    it (MODALITY_BRANCHES order), from the PyTorch blocks (`_BlockExp`), each branch a
+    log-sum-exp combination of its key blocks; q (scaled), k, v are (B, H, N, dh)."""
+    q, k, v = qkv
+    dh = v.shape[-1]
+    # values with a ones column: one product per block gives the weighted values and the
+    # row sums of the exponentials (no separate reduction, no gradient to add back)
+    v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+    # per-modality copies (split, not slicing: its backward is one concatenation)
+    qs = [t.contiguous() for t in q.split(lens, dim=2)]
+    kts = [t.contiguous().transpose(-1, -2) for t in k.split(lens, dim=2)]
+    v1s = [t.contiguous() for t in v1.split(lens, dim=2)]
+    outputs = []
+    for m in range(3):
+        # per key block j: shift, exp-sum and weighted values of this query block
+        shift, total, value, value_drop = [], [], [], []
+        for j in range(3):
+            weighted, mx, dropped = _BlockExp.apply(qs[m], kts[j], v1s[j], p)
+            val, tot = weighted.split([dh, 1], dim=-1)
+            shift.append(mx)
+            value.append(val)
+            total.append(tot)
+            value_drop.append(dropped)
+        parts = []
+        for b in MODALITY_BRANCHES[m]:
+            keys = BRANCHES[b][1]
+            top = torch.stack([shift[j] for j in keys]).amax(0)
+            w = {j: torch.exp(shift[j] - top) for j in keys}
+            vals = value_drop if (b == 0 and p > 0) else value
+            num = sum(w[j] * vals[j] for j in keys)
+            den = sum(w[j] * total[j] for j in keys)
+            parts.append(_merge(num / den))
+        outputs.append(parts)
+    return outputs
 
 
 class _BlockExp(torch.autograd.Function):

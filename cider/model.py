@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cider import mca_native
 from cider.compat import COMPAT_SWITCHES, expand_compat
 from cider.maci import MCM, class_features, mean_of_class_means
 from cider.mct import MCTEncoder, Scores
@@ -346,6 +347,10 @@ def attn_kl(student: torch.Tensor | Scores, teacher: torch.Tensor | Scores) -> t
     the difference of two large dot products, which cancels catastrophically when student and
     teacher are close."""
     teacher = teacher.detach()
+    if (isinstance(student, Scores) and isinstance(teacher, Scores)
+            and mca_native.usable(student.q, student.q.shape[-1])):
+        rows = student.q.shape[0] * student.q.shape[1]
+        return mca_native.attn_kl_sum(student.q, student.k, teacher.q, teacher.k) / rows
     if torch.is_grad_enabled() and isinstance(student, Scores) and student.q.requires_grad:
         return _AttnKLFactors.apply(student.q, student.k, teacher)
     if torch.is_grad_enabled() and isinstance(student, torch.Tensor) and student.requires_grad:

@@ -1,0 +1,114 @@
+"""Small C kernels compiled on first use with the machine's C compiler, cached per user.
+
+Why: a few hot paths (CIDer's MCA at head width 4) are bound by PyTorch's per-op passes over
+tensors that a fused loop keeps in registers. A C source ships with the package; the first
+process that needs it compiles it (`cc -O3 -march=native`, well under a second) into the
+per-user cache, keyed by the source, the compiler, the flags and the CPU, and later processes
+load the cached library. Without a compiler, or with `MER_BENCH_NATIVE=0`, the callers keep
+their PyTorch path (same results up to float rounding, slower). The calls release the GIL
+(ctypes), so a kernel runs on as many Python threads as torch is allowed
+(`torch.get_num_threads()`), each over its own range of independent work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from mer_bench.paths import cache_dir
+
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-fPIC")
+LIBS = ("-lm",)
+_loaded: dict[Path, ctypes.CDLL | None] = {}
+_pool: ThreadPoolExecutor | None = None
+
+
+def enabled() -> bool:
+    """False when `MER_BENCH_NATIVE=0` (read at each call, so tests can switch paths)."""
+    return os.environ.get("MER_BENCH_NATIVE", "1") != "0"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_identity() -> str:
+    """What `-march=native` depends on: the machine and, on Linux, the CPU's feature flags."""
+    ident = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            ident += next((ln for ln in fh if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return ident
+
+
+def _build(source: Path, cc: str) -> Path:
+    """The cached library for `source`, compiled now if absent (written atomically, so
+    concurrent processes never load a half-written file)."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(
+        source.read_bytes() + "\0".join((cc, version, *FLAGS, *LIBS, _cpu_identity())).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / "native" / f"{source.stem}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, "-o", tmp, str(source), *LIBS], check=True, capture_output=True, text=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load(source: Path) -> ctypes.CDLL | None:
+    """The compiled library of a C source, or None (disabled, no compiler, compile error: one
+    line on stderr says so, once per process)."""
+    if not enabled():
+        return None
+    if source not in _loaded:
+        lib = None
+        cc = _compiler()
+        try:
+            if cc is None:
+                raise OSError("no C compiler (cc, gcc or clang) on PATH")
+            lib = ctypes.CDLL(str(_build(source, cc)))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            print(f"mer-bench: {source.name} not compiled ({detail.strip().splitlines()[-1]}); "
+                  "using the PyTorch path", file=sys.stderr)
+        _loaded[source] = lib
+    return _loaded[source]
+
+
+def run_split(fn: Callable[..., int], args: tuple, blocks: int) -> None:
+    """fn(*args, b0, b1) over [0, blocks) in up to torch.get_num_threads() contiguous ranges,
+    in parallel; a non-zero return is an error."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), blocks))
+    bounds = [blocks * t // threads for t in range(threads + 1)]
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    if threads == 1:
+        codes = [fn(*args, 0, blocks)]
+    else:
+        if _pool is None or _pool._max_workers < threads - 1:
+            _pool = ThreadPoolExecutor(max(threads - 1, os.cpu_count() or 1))
+        futures = [_pool.submit(fn, *args, b0, b1) for b0, b1 in ranges[1:]]
+        codes = [fn(*args, *ranges[0])] + [f.result() for f in futures]
+    if any(codes):
+        raise RuntimeError(f"native kernel {getattr(fn, '__name__', fn)} failed (code {max(codes)})")
