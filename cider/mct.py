@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cider import mca_native
+from cider import kernels
 from mer_bench.ops import tmm
 
 # Branch order of the official `out_proj[0..6]`, with the key modalities each attends to.
@@ -128,8 +128,8 @@ class MCA(nn.Module):
         qkv = self.in_proj(x)
         # attention dropout acts on the full (LAV) branch only, as in the official code
         p = self.attn_dropout if self.training else 0.0
-        if p == 0.0 and min(lens) > 0 and mca_native.usable(qkv, self.dim // self.heads):
-            rows = mca_native.branch_outputs(qkv, self.heads, self.scaling, lens, BRANCH_KEY_MASKS)
+        if p == 0.0 and min(lens) > 0 and kernels.usable(qkv, self.dim // self.heads):
+            rows = kernels.branch_outputs(qkv, self.heads, self.scaling, lens, BRANCH_KEY_MASKS)
         else:
             rows = [torch.cat(parts, dim=-1) for parts in _torch_branch_outputs(
                 _scaled_heads(qkv, self.heads, self.scaling), lens, p)]
@@ -267,20 +267,25 @@ def relu_dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 class _ReluDropout(torch.autograd.Function):
     """The kept outputs are relu(h) / (1 - p) > 0 exactly where the gradient passes (a
     positive value times a scale above 1 never rounds to zero), so the output alone gives the
-    backward: the incoming gradient times that scale there, zero elsewhere."""
+    backward: the incoming gradient times that scale there, zero elsewhere. With the CPU
+    kernels each direction is one pass (`cider.kernels`), the same values bit for bit."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, p: float) -> torch.Tensor:
         noise = torch.empty_like(h).bernoulli_(1 - p)  # what F.dropout draws on CPU
-        noise.div_(1 - p)
-        out = torch.relu(h).mul_(noise)
-        ctx.save_for_backward(out)
         ctx.scale = torch.ones((), dtype=h.dtype, device=h.device).div_(1 - p)
+        if kernels.usable(h, 0):
+            out = kernels.relu_dropout_forward(h, noise, ctx.scale)
+        else:
+            out = torch.relu(h).mul_(noise.div_(1 - p))
+        ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (out,) = ctx.saved_tensors
+        if kernels.usable(out, 0):
+            return kernels.relu_dropout_backward(out, grad, ctx.scale), None
         return torch.where(out > 0, grad * ctx.scale, 0.0), None
 
 

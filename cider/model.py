@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cider import mca_native
+from cider import kernels
 from cider.compat import COMPAT_SWITCHES, expand_compat
 from cider.maci import MCM, class_features, mean_of_class_means
 from cider.mct import MCTEncoder, Scores
@@ -109,6 +109,8 @@ class Pass:
     joint: torch.Tensor
     text: torch.Tensor  # the text features the pass consumed (reconstruction target)
     attn: Scores | None = None  # last MCT layer's raw scores S = q k^T, as factors
+    # reconstructions: text at the batch's dropped positions only (K, D_text), audio and
+    # vision whole (B, T, D)
     recon: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
@@ -253,7 +255,11 @@ class CIDer(BenchModel):
         scores = self.mcm(joint) if self.mcm is not None else F.log_softmax(self.head(joint), dim=-1)
         recon = None
         if need_recon and self.use_recon:
-            recon = (self.recon_text(h_l), self.recon_audio(h_a), self.recon_vision(h_v))
+            # text: only the dropped positions are scored, so only their rows are predicted
+            # (the head is per position: the same rows, without a (B, T, 768) map and its
+            # zero-filled gradient)
+            recon = (self.recon_text(h_l[batch.missing_text]), self.recon_audio(h_a),
+                     self.recon_vision(h_v))
         return Pass(scores, joint, text, attn, recon)
 
     def forward(self, batch: Batch, need_attn: bool = False, need_recon: bool = False) -> ModelOutput:
@@ -321,11 +327,15 @@ def _extra(
     return {} if extra is None else extra(batch, ModelOutput(p.scores, p.joint, {"pass": p}))
 
 
+def smooth_l1_mean(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SmoothL1 (beta 1) of the rows (K, D) summed, divided by their count times the feature
+    size (official `ReconLoss`); 0 for no rows."""
+    return F.smooth_l1_loss(pred, target, reduction="sum") / (pred.numel() + 1e-6)
+
+
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    """SmoothL1 (beta 1) summed over dropped valid positions, divided by their count times the
-    feature size (official `ReconLoss`); 0 when nothing was dropped."""
-    p, t = pred[dropped], target[dropped]  # (K, D)
-    return F.smooth_l1_loss(p, t, reduction="sum") / (p.numel() + 1e-6)
+    """`smooth_l1_mean` over the dropped valid positions of (B, T, D) maps."""
+    return smooth_l1_mean(pred[dropped], target[dropped])
 
 
 def recon_loss(student: Pass, text_target: torch.Tensor, clean: Batch, corrupted: Batch) -> torch.Tensor:
@@ -333,7 +343,7 @@ def recon_loss(student: Pass, text_target: torch.Tensor, clean: Batch, corrupted
     assert student.recon is not None
     r_t, r_a, r_v = student.recon
     return (
-        masked_smooth_l1(r_t, text_target, corrupted.missing_text)
+        smooth_l1_mean(r_t, text_target[corrupted.missing_text])  # r_t: the dropped rows only
         + masked_smooth_l1(r_a, clean.audio, corrupted.missing_audio)
         + masked_smooth_l1(r_v, clean.vision, corrupted.missing_vision)
     )
@@ -348,9 +358,9 @@ def attn_kl(student: torch.Tensor | Scores, teacher: torch.Tensor | Scores) -> t
     teacher are close."""
     teacher = teacher.detach()
     if (isinstance(student, Scores) and isinstance(teacher, Scores)
-            and mca_native.usable(student.q, student.q.shape[-1])):
+            and kernels.usable(student.q, student.q.shape[-1])):
         rows = student.q.shape[0] * student.q.shape[1]
-        return mca_native.attn_kl_sum(student.q, student.k, teacher.q, teacher.k) / rows
+        return kernels.attn_kl_sum(student.q, student.k, teacher.q, teacher.k) / rows
     if torch.is_grad_enabled() and isinstance(student, Scores) and student.q.requires_grad:
         return _AttnKLFactors.apply(student.q, student.k, teacher)
     if torch.is_grad_enabled() and isinstance(student, torch.Tensor) and student.requires_grad:

@@ -1,5 +1,5 @@
 /* CIDer's MCA attention, and its attention-distillation KL, as CPU kernels (the autograd
- * wrappers and the layouts are in cider/mca_native.py).
+ * wrappers and the layouts are in cider/kernels.py).
  *
  * Why: at head width 4 every (query modality, key modality) block of MCA is a batch of tiny
  * 50 x 50 score maps; PyTorch forms each map in memory and passes over it five or six times
@@ -444,5 +444,25 @@ int attn_kl(const float *qs, const float *ks, const float *qt, const float *kt,
         unpack(dk, 1.0f, gk, dense, &sh, b);
     }
     free(x);
+    return 0;
+}
+
+/* The MCT's FFN ReLU + dropout over elements [i0, i1): out = relu(h) * (keep * scale), with
+ * keep the 0/1 draws of torch's bernoulli_ and scale = 1 / (1 - p) as torch rounds it, so the
+ * values are bit for bit F.dropout(F.relu(h)) (relu(h) times the same float multiplier). */
+int relu_dropout_forward(const float *h, const float *keep, float scale, float *out, long i0,
+                         long i1) {
+    for (long i = i0; i < i1; i++) {
+        float r = h[i] > 0.0f ? h[i] : 0.0f;
+        out[i] = r * (keep[i] * scale);
+    }
+    return 0;
+}
+
+/* Its backward from the output alone: the gradient times scale where out > 0, else zero (a
+ * positive value times a scale above 1 never rounds to zero). */
+int relu_dropout_backward(const float *out, const float *grad, float scale, float *dh, long i0,
+                          long i1) {
+    for (long i = i0; i < i1; i++) dh[i] = out[i] > 0.0f ? grad[i] * scale : 0.0f;
     return 0;
 }

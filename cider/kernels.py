@@ -1,5 +1,5 @@
 """CIDer's MCA attention and its attention-distillation KL through the C kernels of
-`cider/mca_native.c` (CPU, float32, no attention dropout), equal to the PyTorch paths of
+`cider/kernels.c` (CPU, float32, no attention dropout), equal to the PyTorch paths of
 `cider.mct` and `cider.model` up to float rounding (tests/test_speed_paths.py).
 
 Why: at head width 4 the PyTorch blocks spend most of a CIDer step passing over (B, H, 50, 50)
@@ -23,7 +23,7 @@ import torch
 
 from mer_bench import native
 
-SOURCE = Path(__file__).with_name("mca_native.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 LANES = 16  # (sample, head) pairs per vector in the kernel (W in the C source)
 MAX_WIDTH = 64  # widest head the kernel takes (MAXD)
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
@@ -35,6 +35,8 @@ def _library() -> ctypes.CDLL | None:
         lib.mca_forward.argtypes = [_P] * 5 + [_L] * 3 + [_F] + [_L] * 2
         lib.mca_backward.argtypes = [_P] * 6 + [_L] * 3 + [_F] + [_L] * 2
         lib.attn_kl.argtypes = [_P] * 8 + [_L] * 6
+        lib.relu_dropout_forward.argtypes = [_P, _P, _F, _P, _L, _L]
+        lib.relu_dropout_backward.argtypes = [_P, _P, _F, _P, _L, _L]
         lib._typed = True
     return lib
 
@@ -146,3 +148,20 @@ def attn_kl_sum(qs: torch.Tensor, ks: torch.Tensor, qt: torch.Tensor, kt: torch.
     """sum over (B, H, rows) of KL(softmax(qt kt^T) || softmax(qs ks^T)), the teacher's factors
     taken as constants."""
     return _AttnKL.apply(qs, ks, qt.detach(), kt.detach())
+
+
+def relu_dropout_forward(h: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """relu(h) * (keep * scale) in one pass (`cider.mct.relu_dropout`); keep holds the 0/1
+    draws, scale the float 1 / (1 - p)."""
+    h, out = h.contiguous(), torch.empty_like(h)
+    native.run_split(_library().relu_dropout_forward,
+                     (h.data_ptr(), keep.data_ptr(), float(scale), out.data_ptr()), h.numel())
+    return out
+
+
+def relu_dropout_backward(out: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """grad * scale where out > 0, else 0, in one pass."""
+    grad, dh = grad.contiguous(), torch.empty_like(out)
+    native.run_split(_library().relu_dropout_backward,
+                     (out.data_ptr(), grad.data_ptr(), float(scale), dh.data_ptr()), out.numel())
+    return dh
