@@ -152,6 +152,8 @@ class TokenTransformer(nn.Module):
         b, n, _ = x.shape
         if n > self.max_len:
             raise DataError(f"lnln: sequence of {n} steps exceeds the configured {self.max_len}")
+        if first is not None and valid is not None and not keep_hidden:
+            x, valid = _drop_padding_tail(x, valid)
         if self.extra is not None:
             x = torch.cat([self.extra.expand(b, -1, -1), x], dim=1)
             if valid is not None:
@@ -163,6 +165,18 @@ class TokenTransformer(nn.Module):
             x = layer(x[:, :first], x, key_valid=valid) if last else layer(x, key_valid=valid)
             hidden.append(x)
         return hidden if keep_hidden else x
+
+
+def _drop_padding_tail(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and its mask without the trailing steps that are padding in every sample of the batch.
+
+    Why: those steps are masked keys for every query, so they change no other step's output,
+    and their own outputs are not among the kept first tokens; dropping them is the same
+    computation on the rest (up to float rounding). On the embedded MOSI-sized data a median
+    audio/vision sequence fills a fifth of its 375/500 steps, so most of a batch is tail."""
+    seen = valid.any(0).nonzero()
+    keep = int(seen[-1]) + 1 if len(seen) else 0
+    return (x, valid) if keep == x.shape[1] else (x[:, :keep], valid[:, :keep])
 
 
 class HyperModalityLayer(nn.Module):

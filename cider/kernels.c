@@ -185,13 +185,20 @@ static void qkv_strides(const Shape *sh, long *st4) {
     st4[0] = sh->L * 3 * e; st4[1] = sh->d; st4[2] = 3 * e; st4[3] = 1;
 }
 
-/* Where branch slot `slot` of row i, lane pair n, feature c lives in the output: modality m's
- * rows are one (B, L_m, 4, H, d) block, starting at B * start[m] * 4 E. */
-static inline long out_at(const Shape *sh, long n, long i, int slot) {
-    int m = modality(sh->start, i);
-    long e = sh->H * sh->d, lm = sh->start[m + 1] - sh->start[m];
-    return sh->B * sh->start[m] * 4 * e
-        + (((n / sh->H) * lm + i - sh->start[m]) * 4 + slot) * e + (n % sh->H) * sh->d;
+/* Where each real lane's rows start in the output: modality m's rows are one (B, L_m, 4, H, d)
+ * block at B * start[m] * 4 E, so lane pair n's row r of modality m, slot s, feature c is at
+ * base[m][l] + (r * 4 + s) * E + c; -1 for padding lanes. Precomputed once per lane block
+ * (integer divisions per element were a third of the kernel's time). */
+static void out_bases(const Shape *sh, long b, long base[3][W]) {
+    long e = sh->H * sh->d;
+    for (int l = 0; l < W; l++) {
+        long n = lane_pair(sh, b, l);
+        for (int m = 0; m < 3; m++) {
+            long lm = sh->start[m + 1] - sh->start[m];
+            base[m][l] = n < 0 ? -1
+                : sh->B * sh->start[m] * 4 * e + (n / sh->H) * lm * 4 * e + (n % sh->H) * sh->d;
+        }
+    }
 }
 
 /* Every query row of one lane block: branch outputs scattered into out, terms (L, 3, d + 2, W)
@@ -199,6 +206,8 @@ static inline long out_at(const Shape *sh, long n, long i, int slot) {
 static inline __attribute__((always_inline)) void fwd_block(
     const float *q, const float *k, const float *v, float *out, float *terms, const Shape *sh,
     long b, const int *masks, long d, vf *s) {
+    long base[3][W];
+    out_bases(sh, b, base);
     for (long i = 0; i < sh->L; i++) {
         vf qi[MAXD], t[3][MAXD + 2], w[3], o[4][MAXD];
 #pragma GCC unroll 64
@@ -212,14 +221,13 @@ static inline __attribute__((always_inline)) void fwd_block(
             for (int j = 0; j < 3; j++)
 #pragma GCC unroll 66
                 for (long c = 0; c <= d + 1; c++) st(terms + ((i * 3 + j) * (d + 2) + c) * W, t[j][c]);
-        for (int l = 0; l < W; l++) {  /* GCC vectors take subscripts: lane l of o */
-            long n = lane_pair(sh, b, l);
-            if (n < 0) break;
+        const long *bm = base[modality(sh->start, i)];
+        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->H * d, e = sh->H * d;
+        for (int l = 0; l < W && bm[l] >= 0; l++)  /* GCC vectors take subscripts: lane l */
             for (int slot = 0; slot < 4; slot++) {
-                float *dst = out + out_at(sh, n, i, slot);
+                float *dst = out + bm[l] + row + slot * e;
                 for (long c = 0; c < d; c++) dst[c] = o[slot][c][l];
             }
-        }
     }
 }
 
@@ -229,18 +237,19 @@ static inline __attribute__((always_inline)) void fwd_block(
 static inline __attribute__((always_inline)) void bwd_block(
     const float *q, const float *k, const float *v, const float *terms, const float *gout,
     float *dq, float *dk, float *dv_, const Shape *sh, long b, const int *masks, long d) {
+    long base[3][W];
+    out_bases(sh, b, base);
     for (long i = 0; i < sh->L; i++) {
         vf qi[MAXD], dqi[MAXD], t[3][MAXD + 2], g[3][MAXD + 1], w[3], o[MAXD], go[4][MAXD];
         for (int slot = 0; slot < 4; slot++)
             for (long c = 0; c < d; c++) go[slot][c] = splat(0.0f);
-        for (int l = 0; l < W; l++) {
-            long n = lane_pair(sh, b, l);
-            if (n < 0) break;
+        const long *bm = base[modality(sh->start, i)];
+        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->H * d, e = sh->H * d;
+        for (int l = 0; l < W && bm[l] >= 0; l++)
             for (int slot = 0; slot < 4; slot++) {
-                const float *src = gout + out_at(sh, n, i, slot);
+                const float *src = gout + bm[l] + row + slot * e;
                 for (long c = 0; c < d; c++) go[slot][c][l] = src[c];
             }
-        }
 #pragma GCC unroll 64
         for (long c = 0; c < d; c++) { qi[c] = ld(q + (i * d + c) * W); dqi[c] = splat(0.0f); }
         for (int j = 0; j < 3; j++) {
@@ -302,30 +311,46 @@ static float *scratch(const Shape *sh, int count, long row_vectors) {
 
 int mca_lanes(void) { return W; }
 
+/* 1 when built with OpenMP: every function then spreads its [b0, b1) over the OpenMP threads
+ * (torch's own pool: torch's libgomp is already loaded under the same soname), else 0 and the
+ * caller splits the range over its own threads. */
+int native_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* MCA forward over lane blocks [b0, b1). qkv: (B, L, 3 E) contiguous, E = H d, q scaled by
  * `scale` here; masks[4 m + slot]: the key modalities (bits) of the slot-th branch containing
- * query modality m. out: per modality m a (B, L_m, 4, E) block (see out_at); terms: (blocks, L,
+ * query modality m. out: per modality m a (B, L_m, 4, E) block (see out_bases); terms: (blocks, L,
  * 3, d + 2, W) for the backward, or NULL. Returns 0, or 1 when d is out of range or memory is
  * short. */
 int mca_forward(const float *qkv, float *out, float *terms, const long *lens, const int *masks,
                 long B, long H, long d, float scale, long b0, long b1) {
     Shape sh = shape_of(B, H, d, lens);
     long st4[4], e = H * d, longest = 1, plane = sh.L * d * W;
+    int err = d < 1 || d > MAXD;
     for (int m = 0; m < 3; m++) longest = lens[m] > longest ? lens[m] : longest;
-    if (d < 1 || d > MAXD) return 1;
-    float *x = scratch(&sh, 3, longest);
-    if (!x) return 1;
     qkv_strides(&sh, st4);
-    for (long b = b0; b < b1; b++) {
-        for (int part = 0; part < 3; part++)
-            pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
-        float *tb = terms ? terms + b * sh.L * 3 * (d + 2) * W : NULL;
-        vf *s = (vf *)(x + 3 * plane);
-        if (d == 4) fwd_4(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
-        else fwd_any(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
+#pragma omp parallel if (!err) reduction(| : err)
+    {
+        float *x = scratch(&sh, 3, longest);
+        err |= !x;
+#pragma omp for schedule(static)
+        for (long b = b0; b < b1; b++) {
+            if (!x) continue;
+            for (int part = 0; part < 3; part++)
+                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
+            float *tb = terms ? terms + b * sh.L * 3 * (d + 2) * W : NULL;
+            vf *s = (vf *)(x + 3 * plane);
+            if (d == 4) fwd_4(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
+            else fwd_any(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
+        }
+        free(x);
     }
-    free(x);
-    return 0;
+    return err;
 }
 
 /* MCA backward over lane blocks [b0, b1): gout like out; dqkv like qkv (overwritten for every
@@ -335,23 +360,28 @@ int mca_backward(const float *qkv, const float *terms, const float *gout, float 
                  long b0, long b1) {
     Shape sh = shape_of(B, H, d, lens);
     long st4[4], e = H * d, plane = sh.L * d * W;
-    if (d < 1 || d > MAXD) return 1;
-    float *x = scratch(&sh, 6, 0);
-    if (!x) return 1;
+    int err = d < 1 || d > MAXD;
     qkv_strides(&sh, st4);
-    for (long b = b0; b < b1; b++) {
-        for (int part = 0; part < 3; part++)
-            pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
-        float *dq = x + 3 * plane, *dk = x + 4 * plane, *dv_ = x + 5 * plane;
-        memset(dk, 0, sizeof(float) * 2 * (size_t)plane);
-        const float *tb = terms + b * sh.L * 3 * (d + 2) * W;
-        if (d == 4) bwd_4(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
-        else bwd_any(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
-        for (int part = 0; part < 3; part++)
-            unpack(x + (3 + part) * plane, part == 0 ? scale : 1.0f, dqkv + part * e, st4, &sh, b);
+#pragma omp parallel if (!err) reduction(| : err)
+    {
+        float *x = scratch(&sh, 6, 0);
+        err |= !x;
+#pragma omp for schedule(static)
+        for (long b = b0; b < b1; b++) {
+            if (!x) continue;
+            for (int part = 0; part < 3; part++)
+                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
+            float *dq = x + 3 * plane, *dk = x + 4 * plane, *dv_ = x + 5 * plane;
+            memset(dk, 0, sizeof(float) * 2 * (size_t)plane);
+            const float *tb = terms + b * sh.L * 3 * (d + 2) * W;
+            if (d == 4) bwd_4(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
+            else bwd_any(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
+            for (int part = 0; part < 3; part++)
+                unpack(x + (3 + part) * plane, part == 0 ? scale : 1.0f, dqkv + part * e, st4, &sh, b);
+        }
+        free(x);
     }
-    free(x);
-    return 0;
+    return err;
 }
 
 /* KL(softmax(teacher) || softmax(student)) over one lane block's full score rows s = q . k
@@ -428,23 +458,28 @@ int attn_kl(const float *qs, const float *ks, const float *qt, const float *kt,
     long lens[3] = {L, 0, 0}, dense[4] = {H * L * d, L * d, d, 1};
     Shape sh = shape_of(B, H, d, lens);
     long plane = L * d * W;
-    if (d < 1 || d > MAXD) return 1;
-    float *x = scratch(&sh, 6, 4 * L);
-    if (!x) return 1;
+    int err = d < 1 || d > MAXD;
     const float *src[4] = {qs, ks, qt, kt};
-    for (long b = b0; b < b1; b++) {
-        for (int t = 0; t < 4; t++) pack(src[t], strides + 4 * t, 1.0f, x + t * plane, &sh, b);
-        float *dq = x + 4 * plane, *dk = x + 5 * plane;
-        memset(dk, 0, sizeof(float) * (size_t)plane);
-        vf *row = (vf *)(x + 6 * plane);
-        kl[b] = 0.0;
-        if (d == 4) kl_4(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
-        else kl_any(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
-        unpack(dq, 1.0f, gq, dense, &sh, b);
-        unpack(dk, 1.0f, gk, dense, &sh, b);
+#pragma omp parallel if (!err) reduction(| : err)
+    {
+        float *x = scratch(&sh, 6, 4 * L);
+        err |= !x;
+#pragma omp for schedule(static)
+        for (long b = b0; b < b1; b++) {
+            if (!x) continue;
+            for (int t = 0; t < 4; t++) pack(src[t], strides + 4 * t, 1.0f, x + t * plane, &sh, b);
+            float *dq = x + 4 * plane, *dk = x + 5 * plane;
+            memset(dk, 0, sizeof(float) * (size_t)plane);
+            vf *row = (vf *)(x + 6 * plane);
+            kl[b] = 0.0;
+            if (d == 4) kl_4(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
+            else kl_any(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
+            unpack(dq, 1.0f, gq, dense, &sh, b);
+            unpack(dk, 1.0f, gk, dense, &sh, b);
+        }
+        free(x);
     }
-    free(x);
-    return 0;
+    return err;
 }
 
 /* The MCT's FFN ReLU + dropout over elements [i0, i1): out = relu(h) * (keep * scale), with
@@ -452,6 +487,7 @@ int attn_kl(const float *qs, const float *ks, const float *qt, const float *kt,
  * values are bit for bit F.dropout(F.relu(h)) (relu(h) times the same float multiplier). */
 int relu_dropout_forward(const float *h, const float *keep, float scale, float *out, long i0,
                          long i1) {
+#pragma omp parallel for schedule(static)
     for (long i = i0; i < i1; i++) {
         float r = h[i] > 0.0f ? h[i] : 0.0f;
         out[i] = r * (keep[i] * scale);
@@ -463,6 +499,7 @@ int relu_dropout_forward(const float *h, const float *keep, float scale, float *
  * positive value times a scale above 1 never rounds to zero). */
 int relu_dropout_backward(const float *out, const float *grad, float scale, float *dh, long i0,
                           long i1) {
+#pragma omp parallel for schedule(static)
     for (long i = i0; i < i1; i++) dh[i] = out[i] > 0.0f ? grad[i] * scale : 0.0f;
     return 0;
 }

@@ -80,7 +80,7 @@ class _MCA(torch.autograd.Function):
         terms = qkv.new_empty(blocks * length * 3 * (width + 2) * LANES) if keep else None
         args = (qkv.data_ptr(), out.data_ptr(), 0 if terms is None else terms.data_ptr(),
                 *shape.args(batch, width))
-        native.run_split(_library().mca_forward, args, blocks)
+        native.run_split(_library(), "mca_forward", args, blocks)
         if keep:
             ctx.save_for_backward(qkv, terms)
         ctx.shape = shape
@@ -95,7 +95,7 @@ class _MCA(torch.autograd.Function):
         dqkv = torch.empty_like(qkv)
         args = (qkv.data_ptr(), terms.data_ptr(), gout.data_ptr(), dqkv.data_ptr(),
                 *ctx.shape.args(batch, width))
-        native.run_split(_library().mca_backward, args, _blocks(batch, ctx.shape.heads))
+        native.run_split(_library(), "mca_backward", args, _blocks(batch, ctx.shape.heads))
         return dqkv, None
 
 
@@ -133,7 +133,7 @@ class _AttnKL(torch.autograd.Function):
         args = (qs.data_ptr(), ks.data_ptr(), qt.data_ptr(), kt.data_ptr(),
                 ctypes.addressof(strides), gq.data_ptr(), gk.data_ptr(), parts.data_ptr(),
                 batch, heads, length, width)
-        native.run_split(_library().attn_kl, args, blocks)
+        native.run_split(_library(), "attn_kl", args, blocks)
         ctx.save_for_backward(gq, gk)
         return parts.sum().to(qs.dtype)
 
@@ -154,7 +154,7 @@ def relu_dropout_forward(h: torch.Tensor, keep: torch.Tensor, scale: torch.Tenso
     """relu(h) * (keep * scale) in one pass (`cider.mct.relu_dropout`); keep holds the 0/1
     draws, scale the float 1 / (1 - p)."""
     h, out = h.contiguous(), torch.empty_like(h)
-    native.run_split(_library().relu_dropout_forward,
+    native.run_split(_library(), "relu_dropout_forward",
                      (h.data_ptr(), keep.data_ptr(), float(scale), out.data_ptr()), h.numel())
     return out
 
@@ -162,6 +162,6 @@ def relu_dropout_forward(h: torch.Tensor, keep: torch.Tensor, scale: torch.Tenso
 def relu_dropout_backward(out: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """grad * scale where out > 0, else 0, in one pass."""
     grad, dh = grad.contiguous(), torch.empty_like(out)
-    native.run_split(_library().relu_dropout_backward,
+    native.run_split(_library(), "relu_dropout_backward",
                      (out.data_ptr(), grad.data_ptr(), float(scale), dh.data_ptr()), out.numel())
     return dh

@@ -5,9 +5,14 @@ tensors that a fused loop keeps in registers. A C source ships with the package;
 process that needs it compiles it (`cc -O3 -march=native`, well under a second) into the
 per-user cache, keyed by the source, the compiler, the flags and the CPU, and later processes
 load the cached library. Without a compiler, or with `MER_BENCH_NATIVE=0`, the callers keep
-their PyTorch path (same results up to float rounding, slower). The calls release the GIL
-(ctypes), so a kernel runs on as many Python threads as torch is allowed
-(`torch.get_num_threads()`), each over its own range of independent work.
+their PyTorch path (same results up to float rounding, slower).
+
+Threads: the library is built with OpenMP where the compiler has it. torch's CPU build ships
+its own `libgomp.so.1`, already loaded when a kernel is, so the library binds to it and its
+parallel loops run on torch's thread pool (`torch.get_num_threads()` threads), whose workers
+spin between torch's ops. Without OpenMP the range is split over Python threads instead
+(ctypes calls release the GIL); measured, those contended with torch's spinning workers and
+ran CIDer's MCA kernel 1.5-2x slower inside a training step than alone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from mer_bench.paths import cache_dir
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-fPIC")
 LIBS = ("-lm",)
+OPENMP = ("-fopenmp",)
 _loaded: dict[Path, ctypes.CDLL | None] = {}
 _pool: ThreadPoolExecutor | None = None
 
@@ -55,11 +60,11 @@ def _cpu_identity() -> str:
 
 
 def _build(source: Path, cc: str) -> Path:
-    """The cached library for `source`, compiled now if absent (written atomically, so
-    concurrent processes never load a half-written file)."""
+    """The cached library for `source`, compiled now if absent (with OpenMP if the compiler
+    takes it), written atomically so concurrent processes never load a half-written file."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        source.read_bytes() + "\0".join((cc, version, *FLAGS, *LIBS, _cpu_identity())).encode()
+        source.read_bytes() + "\0".join((cc, version, *FLAGS, *OPENMP, *LIBS, _cpu_identity())).encode()
     ).hexdigest()[:16]
     target = cache_dir() / "native" / f"{source.stem}-{key}.so"
     if target.exists():
@@ -68,7 +73,12 @@ def _build(source: Path, cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(source), *LIBS], check=True, capture_output=True, text=True)
+        for extra in (OPENMP, ()):
+            done = subprocess.run([cc, *FLAGS, *extra, "-o", tmp, str(source), *LIBS],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+        done.check_returncode()
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -96,19 +106,35 @@ def load(source: Path) -> ctypes.CDLL | None:
     return _loaded[source]
 
 
-def run_split(fn: Callable[..., int], args: tuple, blocks: int) -> None:
-    """fn(*args, b0, b1) over [0, blocks) in up to torch.get_num_threads() contiguous ranges,
-    in parallel; a non-zero return is an error."""
-    global _pool
+def run_split(lib: ctypes.CDLL, name: str, args: tuple, blocks: int) -> None:
+    """lib.name(*args, b0, b1) over [0, blocks): in one call when the library runs its loops on
+    OpenMP threads, else in up to torch.get_num_threads() contiguous ranges on Python threads;
+    a non-zero return is an error."""
+    fn = getattr(lib, name)
     threads = max(1, min(torch.get_num_threads(), blocks))
-    bounds = [blocks * t // threads for t in range(threads + 1)]
-    ranges = list(zip(bounds[:-1], bounds[1:]))
-    if threads == 1:
+    if threads == 1 or _openmp(lib):
         codes = [fn(*args, 0, blocks)]
     else:
-        if _pool is None or _pool._max_workers < threads - 1:
-            _pool = ThreadPoolExecutor(max(threads - 1, os.cpu_count() or 1))
+        bounds = [blocks * t // threads for t in range(threads + 1)]
+        ranges = list(zip(bounds[:-1], bounds[1:]))
+        if _pool is None or _pool_size < threads - 1:
+            _resize_pool(threads - 1)
         futures = [_pool.submit(fn, *args, b0, b1) for b0, b1 in ranges[1:]]
         codes = [fn(*args, *ranges[0])] + [f.result() for f in futures]
     if any(codes):
-        raise RuntimeError(f"native kernel {getattr(fn, '__name__', fn)} failed (code {max(codes)})")
+        raise RuntimeError(f"native kernel {name} failed (code {max(codes)})")
+
+
+def _openmp(lib: ctypes.CDLL) -> bool:
+    try:
+        return bool(lib.native_openmp())
+    except AttributeError:  # a library without the probe: split on Python threads
+        return False
+
+
+_pool_size = 0
+
+
+def _resize_pool(size: int) -> None:
+    global _pool, _pool_size
+    _pool, _pool_size = ThreadPoolExecutor(size), size

@@ -122,9 +122,24 @@ def test_build_is_cached_and_falls_back_without_a_compiler(monkeypatch, tmp_path
     assert torch.isfinite(out).all()
 
 
-def test_run_split_covers_every_block_once():
+def test_run_split_covers_every_block_once(monkeypatch):
+    """Without OpenMP the range is split over Python threads, each block once."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     seen = []
-    native.run_split(lambda b0, b1: seen.extend(range(b0, b1)) or 0, (), 37)
+    lib = SimpleNamespace(work=lambda b0, b1: seen.extend(range(b0, b1)) or 0)
+    native.run_split(lib, "work", (), 37)
     assert sorted(seen) == list(range(37))
-    with pytest.raises(RuntimeError, match="failed"):
-        native.run_split(lambda b0, b1: 1, (), 4)
+    with pytest.raises(RuntimeError, match="work failed"):
+        native.run_split(SimpleNamespace(work=lambda b0, b1: 1), "work", (), 4)
+
+
+def test_kernels_run_on_torchs_openmp_threads():
+    """Built with OpenMP, the library shares torch's libgomp (one thread pool in the process)."""
+    lib = kernels._library()
+    if not native._openmp(lib):
+        pytest.skip("the compiler here has no OpenMP")
+    with open("/proc/self/maps", encoding="utf-8") as fh:
+        gomp = {line.split()[-1] for line in fh if "libgomp" in line}
+    assert len(gomp) == 1, gomp

@@ -548,3 +548,24 @@ def test_fixed_seed_mult_training_is_the_same_with_the_full_final_layer(monkeypa
     fast = _short_mult_training(**off)
     monkeypatch.setattr(TransformerEncoder, "last", lambda self, *a, **kw: self(*a, **kw)[:, -1])
     _assert_same_training(fast, _short_mult_training(**off))
+
+
+def test_lnln_extractor_without_the_batch_padding_tail_equals_the_full_sequence():
+    """Steps that are padding in every sample of the batch are dropped before the extractor
+    (`baselines.lnln._drop_padding_tail`): the kept tokens and every gradient are the same."""
+    from baselines.lnln import TokenTransformer
+
+    torch.manual_seed(0)
+    enc = TokenTransformer(20, 3, 16, 2, 2, 8, 16)
+    x = torch.randn(4, 20, 16, requires_grad=True)
+    valid = torch.arange(20)[None] < torch.tensor([9, 7, 0, 13])[:, None]  # steps 13.. are tail
+    outs = []
+    for fn in (lambda: enc(x, valid, first=3), lambda: enc(x, valid)[:, :3]):
+        x.grad = None
+        enc.zero_grad()
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append([out.detach(), x.grad.clone(), enc.layers[0].attn.to_k.weight.grad.clone()])
+    assert torch.count_nonzero(outs[0][1][:, 13:]) == 0
+    for new, ref in zip(*outs, strict=True):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
