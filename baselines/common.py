@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import kernels
 from mer_bench.ops import tmm
 
 
@@ -62,10 +63,17 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
 
 def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d), masked) v, with attention dropout while training (callers
-    unmask empty rows). Fused `scaled_dot_product_attention` without dropout, and with it
-    off the CPU (its CUDA kernels draw their own dropout); `_DropoutAttention` on the CPU.
+    unmask empty rows). Heads up to `kernels.NARROW` wide on the CPU: the C kernel of
+    `baselines.kernels` (same draws). Otherwise fused `scaled_dot_product_attention` without
+    dropout, and with it off the CPU (its CUDA kernels draw their own dropout);
+    `_DropoutAttention` on the CPU.
     On the CPU a causal mask is computed in row chunks over the keys they may see
     (`causal_spans`)."""
+    if kernels.usable(q, k, mask):  # narrow heads on the CPU: one C kernel, same draws
+        p = dropout if training else 0.0
+        draws = None if p == 0.0 else uniform16(
+            torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2]))
+        return kernels.attention(q, k, v, mask, draws, keep_threshold(p), p)
     spans = causal_spans(mask, k.shape[-2]) if q.device.type == "cpu" else None
     if not training or dropout == 0.0:
         if spans is None:

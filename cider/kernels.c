@@ -11,58 +11,9 @@
  * them; the backward recomputes the same exponentials from q, k and m instead of storing them.
  * The KL of the last layer's full score rows (teacher || student) is formed the same way.
  *
- * Layout ("lanes"): 16 independent (sample, head) pairs side by side, innermost, so every
- * operation is one 16-wide vector operation without horizontal reductions. Each lane block
- * first copies its q, k, v into (row, feature, lane) scratch (its working set stays in the
- * L1/L2 caches), and scatters its results back into the caller's (sample, row, head, feature)
- * layout; lanes past B * H are padding and are never written back.
- *
- * exp: a Cody-Waite reduction and a degree-6 polynomial (the Cephes expf coefficients), about
- * 1 ulp; arguments below -87.34 (results under float's normal range) are clamped, adding under
- * 1.2e-38 to a row sum of at least 1.
+ * Lanes, exp and the copies in and out: mer_bench/native/vec.h.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define W 16
-#define MAXD 64
-
-typedef float vf __attribute__((vector_size(4 * W)));
-typedef int32_t vi __attribute__((vector_size(4 * W)));
-
-static inline vf ld(const float *p) { vf x; memcpy(&x, p, sizeof x); return x; }
-static inline void st(float *p, vf x) { memcpy(p, &x, sizeof x); }
-static inline vf splat(float a) { return (vf){0} + a; }
-static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-/* max(x, lo), but a NaN x stays NaN (so a NaN score reaches the outputs, as in PyTorch) */
-static inline vf vfloor_at(vf x, vf lo) { vi m = x < lo; return (vf)(((vi)lo & m) | ((vi)x & ~m)); }
-
-static inline vf vexp(vf x) {
-    const vf magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    x = vfloor_at(x, splat(-87.33654f));
-    vf n = (x * splat(1.44269504088896341f) + magic) - magic;
-    vf r = x - n * splat(0.693359375f);
-    r = r + n * splat(2.12194440e-4f);
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * r * r + r + splat(1.0f);
-    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)bits;
-}
-
-/* s = q_i . k_j for the 16 lanes; q_i holds the row's d vectors */
-static inline __attribute__((always_inline)) vf score(const vf *qi, const float *kj, long d) {
-    vf a = qi[0] * ld(kj);
-#pragma GCC unroll 64
-    for (long c = 1; c < d; c++) a += qi[c] * ld(kj + c * W);
-    return a;
-}
+#include "vec.h"
 
 /* One query row against keys [k0, k1) of a lane block: the row maximum m and, in t, the sums
  * sum_j exp(s_j - m) v_j (dv values) and sum_j exp(s_j - m). */
@@ -138,65 +89,34 @@ static inline __attribute__((always_inline)) int modality(const long *start, lon
 
 /* The shape of one call: B samples, L = lens[0] + lens[1] + lens[2] rows, H heads of width d. */
 typedef struct {
-    long B, L, H, d, start[4];
+    Pairs p;
+    long L, start[4];
 } Shape;
 
 static Shape shape_of(long B, long H, long d, const long *lens) {
-    Shape sh = {B, 0, H, d, {0, 0, 0, 0}};
+    Shape sh = {{B, H, d}, 0, {0, 0, 0, 0}};
     for (int m = 0; m < 3; m++) sh.start[m + 1] = sh.start[m] + lens[m];
     sh.L = sh.start[3];
     return sh;
 }
 
-/* Lane l of block b is (sample, head) = divmod(b * W + l, H); -1 past the last pair. */
-static inline long lane_pair(const Shape *sh, long b, int l) {
-    long n = b * W + l;
-    return n < sh->B * sh->H ? n : -1;
-}
-
-/* X (L, d, W) <- scale * the rows of one (sample, head) slice of src for each lane, read with
- * strides (sample, head, row, feature); padding lanes get zeros. */
-static void pack(const float *src, const long *st4, float scale, float *X, const Shape *sh,
-                 long b) {
-    for (int l = 0; l < W; l++) {
-        long n = lane_pair(sh, b, l);
-        const float *p = n < 0 ? NULL : src + (n / sh->H) * st4[0] + (n % sh->H) * st4[1];
-        for (long i = 0; i < sh->L; i++)
-            for (long c = 0; c < sh->d; c++)
-                X[(i * sh->d + c) * W + l] = p ? p[i * st4[2] + c * st4[3]] * scale : 0.0f;
-    }
-}
-
-/* The inverse of pack for real lanes: dst (strided like pack's src) <- scale * X. */
-static void unpack(const float *X, float scale, float *dst, const long *st4, const Shape *sh,
-                   long b) {
-    for (int l = 0; l < W; l++) {
-        long n = lane_pair(sh, b, l);
-        if (n < 0) continue;
-        float *p = dst + (n / sh->H) * st4[0] + (n % sh->H) * st4[1];
-        for (long i = 0; i < sh->L; i++)
-            for (long c = 0; c < sh->d; c++) p[i * st4[2] + c * st4[3]] = X[(i * sh->d + c) * W + l] * scale;
-    }
-}
-
 /* The (sample, head) strides of q, k and v inside qkv (B, L, 3 E): part 0, 1, 2. */
 static void qkv_strides(const Shape *sh, long *st4) {
-    long e = sh->H * sh->d;
-    st4[0] = sh->L * 3 * e; st4[1] = sh->d; st4[2] = 3 * e; st4[3] = 1;
+    long e = sh->p.H * sh->p.d;
+    st4[0] = sh->L * 3 * e; st4[1] = sh->p.d; st4[2] = 3 * e; st4[3] = 1;
 }
 
 /* Where each real lane's rows start in the output: modality m's rows are one (B, L_m, 4, H, d)
  * block at B * start[m] * 4 E, so lane pair n's row r of modality m, slot s, feature c is at
- * base[m][l] + (r * 4 + s) * E + c; -1 for padding lanes. Precomputed once per lane block
- * (integer divisions per element were a third of the kernel's time). */
+ * base[m][l] + (r * 4 + s) * E + c; -1 for padding lanes. Computed once per lane block. */
 static void out_bases(const Shape *sh, long b, long base[3][W]) {
-    long e = sh->H * sh->d;
+    long e = sh->p.H * sh->p.d;
     for (int l = 0; l < W; l++) {
-        long n = lane_pair(sh, b, l);
+        long n = lane_pair(&sh->p, b, l);
         for (int m = 0; m < 3; m++) {
             long lm = sh->start[m + 1] - sh->start[m];
             base[m][l] = n < 0 ? -1
-                : sh->B * sh->start[m] * 4 * e + (n / sh->H) * lm * 4 * e + (n % sh->H) * sh->d;
+                : sh->p.B * sh->start[m] * 4 * e + (n / sh->p.H) * lm * 4 * e + (n % sh->p.H) * sh->p.d;
         }
     }
 }
@@ -222,7 +142,7 @@ static inline __attribute__((always_inline)) void fwd_block(
 #pragma GCC unroll 66
                 for (long c = 0; c <= d + 1; c++) st(terms + ((i * 3 + j) * (d + 2) + c) * W, t[j][c]);
         const long *bm = base[modality(sh->start, i)];
-        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->H * d, e = sh->H * d;
+        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->p.H * d, e = sh->p.H * d;
         for (int l = 0; l < W && bm[l] >= 0; l++)  /* GCC vectors take subscripts: lane l */
             for (int slot = 0; slot < 4; slot++) {
                 float *dst = out + bm[l] + row + slot * e;
@@ -244,7 +164,7 @@ static inline __attribute__((always_inline)) void bwd_block(
         for (int slot = 0; slot < 4; slot++)
             for (long c = 0; c < d; c++) go[slot][c] = splat(0.0f);
         const long *bm = base[modality(sh->start, i)];
-        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->H * d, e = sh->H * d;
+        long row = (i - sh->start[modality(sh->start, i)]) * 4 * sh->p.H * d, e = sh->p.H * d;
         for (int l = 0; l < W && bm[l] >= 0; l++)
             for (int slot = 0; slot < 4; slot++) {
                 const float *src = gout + bm[l] + row + slot * e;
@@ -283,7 +203,7 @@ static inline __attribute__((always_inline)) void bwd_block(
 
 static void fwd_any(const float *q, const float *k, const float *v, float *out, float *terms,
                     const Shape *sh, long b, const int *masks, vf *s) {
-    fwd_block(q, k, v, out, terms, sh, b, masks, sh->d, s);
+    fwd_block(q, k, v, out, terms, sh, b, masks, sh->p.d, s);
 }
 
 static void fwd_4(const float *q, const float *k, const float *v, float *out, float *terms,
@@ -294,7 +214,7 @@ static void fwd_4(const float *q, const float *k, const float *v, float *out, fl
 static void bwd_any(const float *q, const float *k, const float *v, const float *terms,
                     const float *gout, float *dq, float *dk, float *dv_, const Shape *sh, long b,
                     const int *masks) {
-    bwd_block(q, k, v, terms, gout, dq, dk, dv_, sh, b, masks, sh->d);
+    bwd_block(q, k, v, terms, gout, dq, dk, dv_, sh, b, masks, sh->p.d);
 }
 
 static void bwd_4(const float *q, const float *k, const float *v, const float *terms,
@@ -305,22 +225,12 @@ static void bwd_4(const float *q, const float *k, const float *v, const float *t
 
 /* Scratch of `count` (L, d, W) arrays and one row buffer of `rows` x longest-block vectors. */
 static float *scratch(const Shape *sh, int count, long row_vectors) {
-    size_t n = (size_t)count * sh->L * sh->d * W * sizeof(float) + (size_t)row_vectors * sizeof(vf);
+    size_t n = (size_t)count * sh->L * sh->p.d * W * sizeof(float) + (size_t)row_vectors * sizeof(vf);
     return aligned_alloc(sizeof(vf), (n + sizeof(vf) - 1) / sizeof(vf) * sizeof(vf));
 }
 
 int mca_lanes(void) { return W; }
 
-/* 1 when built with OpenMP: every function then spreads its [b0, b1) over the OpenMP threads
- * (torch's own pool: torch's libgomp is already loaded under the same soname), else 0 and the
- * caller splits the range over its own threads. */
-int native_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
 
 /* MCA forward over lane blocks [b0, b1). qkv: (B, L, 3 E) contiguous, E = H d, q scaled by
  * `scale` here; masks[4 m + slot]: the key modalities (bits) of the slot-th branch containing
@@ -342,7 +252,7 @@ int mca_forward(const float *qkv, float *out, float *terms, const long *lens, co
         for (long b = b0; b < b1; b++) {
             if (!x) continue;
             for (int part = 0; part < 3; part++)
-                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
+                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh.p, sh.L, b);
             float *tb = terms ? terms + b * sh.L * 3 * (d + 2) * W : NULL;
             vf *s = (vf *)(x + 3 * plane);
             if (d == 4) fwd_4(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
@@ -370,14 +280,14 @@ int mca_backward(const float *qkv, const float *terms, const float *gout, float 
         for (long b = b0; b < b1; b++) {
             if (!x) continue;
             for (int part = 0; part < 3; part++)
-                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh, b);
+                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh.p, sh.L, b);
             float *dq = x + 3 * plane, *dk = x + 4 * plane, *dv_ = x + 5 * plane;
             memset(dk, 0, sizeof(float) * 2 * (size_t)plane);
             const float *tb = terms + b * sh.L * 3 * (d + 2) * W;
             if (d == 4) bwd_4(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
             else bwd_any(x, x + plane, x + 2 * plane, tb, gout, dq, dk, dv_, &sh, b, masks);
             for (int part = 0; part < 3; part++)
-                unpack(x + (3 + part) * plane, part == 0 ? scale : 1.0f, dqkv + part * e, st4, &sh, b);
+                unpack(x + (3 + part) * plane, part == 0 ? scale : 1.0f, dqkv + part * e, st4, &sh.p, sh.L, b);
         }
         free(x);
     }
@@ -435,13 +345,13 @@ static inline __attribute__((always_inline)) void kl_block(
         float part[W];
         memcpy(part, &acc, sizeof part);
         for (int l = 0; l < W; l++)
-            if (lane_pair(sh, b, l) >= 0) *kl += part[l];
+            if (lane_pair(&sh->p, b, l) >= 0) *kl += part[l];
     }
 }
 
 static void kl_any(const float *qs, const float *ks, const float *qt, const float *kt, float *dq,
                    float *dk, const Shape *sh, long b, vf *row, double *kl) {
-    kl_block(qs, ks, qt, kt, dq, dk, sh, b, sh->d, row, kl);
+    kl_block(qs, ks, qt, kt, dq, dk, sh, b, sh->p.d, row, kl);
 }
 
 static void kl_4(const float *qs, const float *ks, const float *qt, const float *kt, float *dq,
@@ -467,15 +377,15 @@ int attn_kl(const float *qs, const float *ks, const float *qt, const float *kt,
 #pragma omp for schedule(static)
         for (long b = b0; b < b1; b++) {
             if (!x) continue;
-            for (int t = 0; t < 4; t++) pack(src[t], strides + 4 * t, 1.0f, x + t * plane, &sh, b);
+            for (int t = 0; t < 4; t++) pack(src[t], strides + 4 * t, 1.0f, x + t * plane, &sh.p, sh.L, b);
             float *dq = x + 4 * plane, *dk = x + 5 * plane;
             memset(dk, 0, sizeof(float) * (size_t)plane);
             vf *row = (vf *)(x + 6 * plane);
             kl[b] = 0.0;
             if (d == 4) kl_4(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
             else kl_any(x, x + plane, x + 2 * plane, x + 3 * plane, dq, dk, &sh, b, row, kl + b);
-            unpack(dq, 1.0f, gq, dense, &sh, b);
-            unpack(dk, 1.0f, gk, dense, &sh, b);
+            unpack(dq, 1.0f, gq, dense, &sh.p, sh.L, b);
+            unpack(dk, 1.0f, gk, dense, &sh.p, sh.L, b);
         }
         free(x);
     }

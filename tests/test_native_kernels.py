@@ -143,3 +143,48 @@ def test_kernels_run_on_torchs_openmp_threads():
     with open("/proc/self/maps", encoding="utf-8") as fh:
         gomp = {line.split()[-1] for line in fh if "libgomp" in line}
     assert len(gomp) == 1, gomp
+
+
+def _baseline_attention_case(mask_kind: str, width: int):
+    from baselines.mult import attention_mask
+
+    g = torch.Generator().manual_seed(4)
+    b, h, len_q, len_k = 3, 7, 9, 13  # 21 (sample, head) pairs: a partial lane block
+    q, k, v = (torch.randn(b, len_q if n == "q" else len_k, h * width, generator=g)
+               .view(b, -1, h, width).transpose(1, 2).requires_grad_() for n in "qkv")
+    key_valid = torch.arange(len_k)[None] < torch.tensor([13, 5, 0])[:, None]  # one empty
+    mask = {"none": None, "keys": attention_mask(len_q, len_k, key_valid, False, "cpu"),
+            "causal": attention_mask(len_q, len_k, key_valid, True, "cpu")}[mask_kind]
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("width", [5, 10, 3])
+@pytest.mark.parametrize("mask_kind", ["none", "keys", "causal"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_baseline_attention_kernel_equals_the_pytorch_paths(monkeypatch, mask_kind, width, dropout):
+    """`baselines.common.attention` with and without the kernel: outputs and gradients, with
+    MulT's key and future masks and with dropout on the same draws."""
+    from baselines.common import attention
+
+    q, k, v, mask = _baseline_attention_case(mask_kind, width)
+    w = torch.randn(3, 7, q.shape[2], width, generator=torch.Generator().manual_seed(5))
+
+    def run():
+        torch.manual_seed(11)  # the draws' seed comes from torch's generator
+        for t in (q, k, v):
+            t.grad = None
+        out = attention(q, k, v, mask, dropout, training=True)
+        (out * w).sum().backward()
+        return [out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()]
+
+    for new, ref in zip(*_with_and_without_kernels(monkeypatch, run), strict=True):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_fixed_seed_mult_training_is_the_same_with_and_without_kernels(monkeypatch):
+    from test_speed_paths import _short_mult_training
+
+    fast, ref = _with_and_without_kernels(monkeypatch, _short_mult_training)
+    np.testing.assert_allclose(fast[1], ref[1], atol=1e-4)
+    for key in fast[0]:
+        assert fast[0][key] == pytest.approx(ref[0][key], abs=1e-4), key

@@ -32,7 +32,9 @@ import torch
 
 from mer_bench.paths import cache_dir
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-fPIC")
+HEADERS = Path(__file__).parent  # vec.h, included by every kernel source
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-fPIC",
+         f"-I{HEADERS}")
 LIBS = ("-lm",)
 OPENMP = ("-fopenmp",)
 _loaded: dict[Path, ctypes.CDLL | None] = {}
@@ -64,7 +66,8 @@ def _build(source: Path, cc: str) -> Path:
     takes it), written atomically so concurrent processes never load a half-written file."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        source.read_bytes() + "\0".join((cc, version, *FLAGS, *OPENMP, *LIBS, _cpu_identity())).encode()
+        source.read_bytes() + (HEADERS / "vec.h").read_bytes()
+        + "\0".join((cc, version, *FLAGS, *OPENMP, *LIBS, _cpu_identity())).encode()
     ).hexdigest()[:16]
     target = cache_dir() / "native" / f"{source.stem}-{key}.so"
     if target.exists():
