@@ -493,6 +493,7 @@ def test_fixed_seed_mult_training_is_the_same_without_causal_chunks(monkeypatch)
     on its short test sequences) and over the full maps, on the same keep-mask draws."""
     import baselines.common as common
 
+    monkeypatch.setenv("MER_BENCH_NATIVE", "0")  # the PyTorch path (the kernel skips keys itself)
     monkeypatch.setattr(common, "CHUNK_ROWS_MIN", 2)
     chunked = []
     spans = common.causal_spans

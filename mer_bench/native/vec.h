@@ -15,6 +15,9 @@
 #define MER_BENCH_VEC_H
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +104,16 @@ int native_openmp(void) {
     return 1;
 #else
     return 0;
+#endif
+}
+
+/* An address inside the OpenMP runtime this library calls (NULL without OpenMP): tests check
+ * that it is torch's. */
+void *native_openmp_runtime(void) {
+#ifdef _OPENMP
+    return (void *)&omp_get_max_threads;
+#else
+    return NULL;
 #endif
 }
 
