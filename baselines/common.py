@@ -61,29 +61,57 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     return uniform16(shape) >= keep_threshold(p)
 
 
-def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool) -> torch.Tensor:
+def attention(q, k, v, mask: torch.Tensor | None, dropout: float, training: bool,
+              draw_len: tuple[int, int] | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d), masked) v, with attention dropout while training (callers
     unmask empty rows). Heads up to `kernels.NARROW` wide on the CPU: the C kernel of
     `baselines.kernels` (same draws). Otherwise fused `scaled_dot_product_attention` without
     dropout, and with it off the CPU (its CUDA kernels draw their own dropout);
-    `_DropoutAttention` on the CPU.
-    On the CPU a causal mask is computed in row chunks over the keys they may see
-    (`causal_spans`)."""
+    `_DropoutAttention` on the CPU. On the CPU a causal mask is computed in row chunks over
+    the keys they may see (`causal_spans`). `draw_len` (L_q, L_k): the dropout draws are those
+    of a map that long, of which q and k are the leading rows and keys (`dropout_rows`)."""
+    p = dropout if training else 0.0
+    on_cpu = q.device.type == "cpu"
+    draws = _draws(q, k, draw_len) if p > 0.0 and on_cpu else None
     if kernels.usable(q, k, mask):  # narrow heads on the CPU: one C kernel, same draws
-        p = dropout if training else 0.0
-        draws = None if p == 0.0 else uniform16(
-            torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2]))
         return kernels.attention(q, k, v, mask, draws, keep_threshold(p), p)
-    spans = causal_spans(mask, k.shape[-2]) if q.device.type == "cpu" else None
-    if not training or dropout == 0.0:
+    spans = causal_spans(mask, k.shape[-2]) if on_cpu else None
+    if p == 0.0:
         if spans is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return torch.cat([F.scaled_dot_product_attention(
             q[..., r0:r1, :], k[..., :e, :], v[..., :e, :], attn_mask=mask[..., r0:r1, :e])
             for r0, r1, e in spans], dim=-2)
-    if q.device.type != "cpu":
+    if not on_cpu:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    return _DropoutAttention.apply(q, k, v, mask, dropout, spans)
+    return _DropoutAttention.apply(q, k, v, mask, dropout, spans, draws)
+
+
+def _draws(q: torch.Tensor, k: torch.Tensor, draw_len: tuple[int, int] | None) -> torch.Tensor:
+    """The `uniform16` draws of one attention map (B, H, L_q, L_k); with `draw_len`, those of
+    the longer map it leads, cut to its corner."""
+    len_q, len_k = q.shape[-2], k.shape[-2]
+    full = draw_len or (len_q, len_k)
+    draws = uniform16(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + tuple(full))
+    return draws if tuple(full) == (len_q, len_k) else draws[..., :len_q, :len_k].contiguous()
+
+
+def dropout_rows(x: torch.Tensor, p: float, training: bool, rows: int | None = None) -> torch.Tensor:
+    """F.dropout(x, p, training) on (B, T, D), or, with `rows` > T, the leading T rows of
+    F.dropout on a (B, rows, D) tensor: the same draws as the longer tensor's, bit for bit.
+    Why: a model that skips the batch's all-padding tail keeps its random draws (and so its
+    training) as without the skip."""
+    if not training or p == 0.0 or rows is None or rows == x.shape[1]:
+        return F.dropout(x, p, training)
+    noise = x.new_empty(x.shape[0], rows, *x.shape[2:]).bernoulli_(1 - p)  # F.dropout's draws
+    return x * noise[:, : x.shape[1]].div_(1 - p)
+
+
+def live_length(valid: torch.Tensor) -> int:
+    """1 + the last step valid in some sample of the batch (at least 1): the steps after it are
+    padding in every sample."""
+    seen = valid.any(0).nonzero()
+    return int(seen[-1]) + 1 if len(seen) else 1
 
 
 CHUNK_ROWS_MIN = 32  # fewer query rows per chunk cost more in per-call overhead than they save
@@ -130,12 +158,14 @@ class _DropoutAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q, k, v, mask: torch.Tensor | None, p: float,
-                spans: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+                spans: list[tuple[int, int, int]] | None = None,
+                draws: torch.Tensor | None = None) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5
         len_q, len_k = q.shape[-2], k.shape[-2]
         spans = spans or [(0, len_q, len_k)]
         # the draws of `keep_mask` over the whole map, compared only where a chunk needs them
-        draws = uniform16(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (len_q, len_k))
+        if draws is None:
+            draws = _draws(q, k, None)
         kept = keep_threshold(p)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # not once per chunk product
         outs, saved = [], []
@@ -170,7 +200,7 @@ class _DropoutAttention(torch.autograd.Function):
             dq[..., r0:r1, :] = tmm(ds, k[..., :e, :])
             dk[..., :e, :] += tmm(ds.transpose(-1, -2), q[..., r0:r1, :])
         ctx.chunks = None
-        return dq.mul_(cs), dk.mul_(cs), dv.mul_(c), None, None, None
+        return dq.mul_(cs), dk.mul_(cs), dv.mul_(c), None, None, None, None
 
 
 def lengths_to_valid(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -222,9 +252,11 @@ class MultiHeadAttention(nn.Module):
         context: torch.Tensor | None = None,
         key_valid: torch.Tensor | None = None,
         value: torch.Tensor | None = None,
+        draw_len: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """x (B, L_q, D) attends over context (B, L_k, D_c) (x itself when None); `value`
-        overrides the tensor the values are projected from (LNLN normalises k and v apart)."""
+        overrides the tensor the values are projected from (LNLN normalises k and v apart);
+        `draw_len`: see `attention`."""
         context = x if context is None else context
         value = context if value is None else value
         q, k, v = (
@@ -238,7 +270,7 @@ class MultiHeadAttention(nn.Module):
             # A row with no valid key would softmax over -inf only (NaN): let it see every key
             # and zero its output below.
             mask = (key_valid | ~any_valid[:, None])[:, None, None, :]
-        out = attention(q, k, v, mask, self.dropout, self.training)
+        out = attention(q, k, v, mask, self.dropout, self.training, draw_len)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         if any_valid is not None:
             out = out * any_valid.to(out.dtype)[:, None, None]

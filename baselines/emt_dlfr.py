@@ -76,7 +76,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from baselines.common import MultiHeadAttention, SafeBatchNorm1d, masked_mean, sinusoidal_positions
+from baselines.common import (
+    MultiHeadAttention,
+    SafeBatchNorm1d,
+    dropout_rows,
+    live_length,
+    masked_mean,
+    sinusoidal_positions,
+)
 from mer_bench.data.batch import Batch
 from mer_bench.errors import UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
@@ -114,9 +121,10 @@ class _GEGLUFeedForward(nn.Module):
         self.out = nn.Linear(dim * mult, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """`rows`: x leads a sequence that long (its dropout draws are that sequence's)."""
         h, gate = self.inp(x).chunk(2, dim=-1)
-        return self.drop(self.out(h * F.gelu(gate)))
+        return dropout_rows(self.out(h * F.gelu(gate)), self.drop.p, self.training, rows)
 
 
 class _MPU(nn.Module):
@@ -139,11 +147,16 @@ class _MPU(nn.Module):
         source: torch.Tensor,
         x_valid: torch.Tensor | None,
         source_valid: torch.Tensor | None,
+        x_len: int | None = None,
+        source_len: int | None = None,
     ) -> torch.Tensor:
-        x = x + self.cross(self.norm_x(x), self.norm_src(source), source_valid)
+        """`x_len` / `source_len`: x / source lead sequences that long (the batch's all-padding
+        tail was dropped, `EMTFusion`); every dropout draws as for the whole sequences."""
+        xl, sl = x_len or x.shape[1], source_len or source.shape[1]
+        x = x + self.cross(self.norm_x(x), self.norm_src(source), source_valid, draw_len=(xl, sl))
         h = self.norm_self(x)
-        x = x + self.self_attn(h, h, x_valid)
-        return x + self.ff(self.norm_ff(x))
+        x = x + self.self_attn(h, h, x_valid, draw_len=(xl, xl))
+        return x + self.ff(self.norm_ff(x), xl)
 
 
 class _AttentionPool(nn.Module):
@@ -208,24 +221,41 @@ class EMTFusion(nn.Module):
     def forward(
         self, gmc: torch.Tensor, local: list[torch.Tensor], valid: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """gmc (B, M, D); local[m] (B, T_m, D) with valid[m] (B, T_m) -> gmc (B, M*D), local."""
+        """gmc (B, M, D); local[m] (B, T_m, D) with valid[m] (B, T_m) -> gmc (B, M*D) and
+        local, each local[m] cut after its last step valid in some sample (`trim`)."""
         b = gmc.shape[0]
         local = [
             self.emb_drop(x + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype))
             for x in local
         ]
+        full = [x.shape[1] for x in local]
+        local, valid = zip(*(self.trim(x, v, m) for m, (x, v) in enumerate(zip(local, valid))))
+        local = list(local)
         for layer in range(self.depth):
             updated = []
             for m, x in enumerate(local):
                 to_local = self.mpus[self._mpu_key[(layer, m, 0)]]
                 to_gmc = self.mpus[self._mpu_key[(layer, m, 1)]]
-                updated.append(to_gmc(gmc, x, None, valid[m]))  # GMC <- local (old x)
-                local[m] = to_local(x, gmc, valid[m], None)  # local <- GMC
+                # GMC <- local (old x), then local <- GMC
+                updated.append(to_gmc(gmc, x, None, valid[m], source_len=full[m]))
+                local[m] = to_local(x, gmc, valid[m], None, x_len=full[m])
             pool = self.pools[0 if len(self.pools) == 1 else layer]
             gmc = pool(torch.stack(updated, dim=1).reshape(b, len(local), -1)).view(
                 b, self.n_mod, -1
             )
         return gmc.reshape(b, -1), local
+
+    def trim(self, x: torch.Tensor, valid: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio and vision without the batch's all-padding tail. Why: those steps are masked
+        keys for every query, their outputs reach no loss (the restoration loss counts dropped
+        valid steps only), and the dropouts draw as for the whole sequence
+        (`common.dropout_rows`, `draw_len`), so the rest is the same computation, on the same
+        draws (tested); on the embedded data a median sequence fills a fifth of its steps.
+        Text is kept whole (its restoration mask is not tied to its valid mask)."""
+        if m == 0:
+            return x, valid
+        n = live_length(valid)
+        return x[:, :n], valid[:, :n]
 
 
 def _projector(dim: int) -> nn.Module:
@@ -446,8 +476,8 @@ class EMTDLFR(BenchModel):
         missing_t = corrupted.missing_text[:, 1:] if self.use_cls else corrupted.missing_text
         targets = (clean_tokens, clean.audio, clean.vision)
         masks = (missing_t, corrupted.missing_audio, corrupted.missing_vision)
-        recon = sum(
-            _masked_recon(dec(x), tgt, mask, h["recon_loss"])
+        recon = sum(  # local steps may end early (`EMTFusion.trim`): no dropped step is cut
+            _masked_recon(dec(x), tgt[:, : x.shape[1]], mask[:, : x.shape[1]], h["recon_loss"])
             for dec, x, tgt, mask in zip(self.recon, miss["local"], targets, masks)
         )
         return {

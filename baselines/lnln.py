@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.common import FeedForward, MultiHeadAttention
+from baselines.common import FeedForward, MultiHeadAttention, live_length
 from mer_bench.data.batch import Batch
 from mer_bench.errors import DataError, UserError
 from mer_bench.models import BenchModel, ModelOutput, register_model
@@ -174,8 +174,7 @@ def _drop_padding_tail(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tens
     and their own outputs are not among the kept first tokens; dropping them is the same
     computation on the rest (up to float rounding). On the embedded MOSI-sized data a median
     audio/vision sequence fills a fifth of its 375/500 steps, so most of a batch is tail."""
-    seen = valid.any(0).nonzero()
-    keep = int(seen[-1]) + 1 if len(seen) else 0
+    keep = live_length(valid)
     return (x, valid) if keep == x.shape[1] else (x[:, :keep], valid[:, :keep])
 
 

@@ -460,9 +460,15 @@ def _short_mult_training(**hp) -> tuple[dict[str, float], np.ndarray]:
                                  kernel_text=1, kernel_audio=3, kernel_vision=3, **hp)
 
 
-def _short_model_training(name: str, **hp) -> tuple[dict[str, float], np.ndarray]:
-    """Two seeded epochs of a small `name` on random unaligned data: (metrics, valid scores)."""
+def _short_model_training(name: str, longest: int | None = None, **hp
+                          ) -> tuple[dict[str, float], np.ndarray]:
+    """Two seeded epochs of a small `name` on random unaligned data: (metrics, valid scores);
+    `longest` caps the audio and vision lengths (so every batch has an all-padding tail)."""
     tr, va = random_split(48, seed=1), random_split(24, seed=2)
+    if longest is not None:
+        for split in (tr, va):
+            split.audio_lengths[:] = np.minimum(split.audio_lengths, longest)
+            split.vision_lengths[:] = np.minimum(split.vision_lengths, longest)
     spec = DataSpec(dims=(12, 5, 6), lens=(8, 14, 11), aligned=False, has_text_ids=True)
     seed_torch(1111)
     model = build_model(name, spec, "binary", **hp)
@@ -570,3 +576,38 @@ def test_lnln_extractor_without_the_batch_padding_tail_equals_the_full_sequence(
     assert torch.count_nonzero(outs[0][1][:, 13:]) == 0
     for new, ref in zip(*outs, strict=True):
         torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_seed_emt_dlfr_training_is_the_same_with_the_whole_padding_tail(monkeypatch):
+    """EMT-DLFR drops the batch's all-padding audio/vision tail (`EMTFusion.trim`) while its
+    dropouts draw as for the whole sequences: the same training as without the cut."""
+    from baselines.emt_dlfr import EMTFusion
+
+    def short() -> tuple[dict[str, float], np.ndarray]:
+        return _short_model_training("emt_dlfr_all", longest=6, d_model=16, heads=2,
+                                     fusion_layers=2, a_lstm_hidden_size=8, v_lstm_hidden_size=8,
+                                     audio_out=8, video_out=8, gmc_tokens_pred_dim=8,
+                                     text_pred_dim=8, audio_pred_dim=8, video_pred_dim=8)
+
+    cut = []
+    trim = EMTFusion.trim
+    monkeypatch.setattr(EMTFusion, "trim", lambda self, x, v, m: cut.append(
+        trim(self, x, v, m)[0].shape[1] < x.shape[1]) or trim(self, x, v, m))
+    fast = short()
+    assert any(cut)
+    monkeypatch.setattr(EMTFusion, "trim", lambda self, x, v, m: (x, v))
+    _assert_same_training(fast, short())
+
+
+def test_dropout_rows_draws_the_leading_rows_of_the_longer_tensor():
+    import torch.nn.functional as F
+
+    from baselines.common import dropout_rows
+
+    x = torch.randn(3, 11, 5, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(4)
+    whole = F.dropout(x, 0.3, True)
+    after = torch.rand(2)
+    torch.manual_seed(4)
+    assert torch.equal(dropout_rows(x[:, :6], 0.3, True, 11), whole[:, :6])
+    assert torch.equal(torch.rand(2), after)  # the generator moved on as for the whole tensor
