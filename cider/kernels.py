@@ -1,6 +1,6 @@
 """CIDer's MCA attention and its attention-distillation KL through the C kernels of
 `cider/kernels.c` (CPU, float32, no attention dropout), equal to the PyTorch paths of
-`cider.mct` and `cider.model` up to float rounding (tests/test_speed_paths.py).
+`cider.mct` and `cider.model` up to float rounding (tests/test_native_kernels.py).
 
 Why: at head width 4 the PyTorch blocks spend most of a CIDer step passing over (B, H, 50, 50)
 score maps in memory; the kernels keep each map in registers and recompute the exponentials in

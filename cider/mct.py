@@ -11,7 +11,9 @@ Speed: the official code builds seven masked copies of S (N x N each). Here S is
 values are computed once, and a branch over a key subset is their log-sum-exp combination.
 That is exactly the masked softmax (a -1e9 mask gives exp(-1e9) = 0) at the cost of one
 attention instead of seven, and it supports unequal modality lengths (the `no_wsam` ablation).
-Rows a branch excludes are never used by the summarisation, so they are not computed.
+Rows a branch excludes are never used by the summarisation, so they are not computed. On the
+CPU (float32, no attention dropout) the blocks and their combination run in one C kernel
+(`cider.kernels`); elsewhere in PyTorch (`_torch_branch_outputs`).
 """
 
 from __future__ import annotations
