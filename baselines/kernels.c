@@ -124,8 +124,7 @@ static inline __attribute__((always_inline)) void fwd_rows(
 #pragma GCC unroll 64
             for (long c = 0; c < d; c++) o[c] += w * ld(v + (j * d + c) * W);
         }
-#pragma GCC unroll 64
-        for (long c = 0; c < d; c++) st(out + (i * d + c) * W, o[c]);
+        store_row(out, i, o, d);
         float sl[W], ml[W];
         memcpy(sl, &sum, sizeof sl);
         memcpy(ml, &m, sizeof ml);
@@ -155,22 +154,16 @@ static inline __attribute__((always_inline)) void bwd_rows(
         }
         for (long j = 0; j < bound; j++) {
             const float *kj = k + j * d * W, *vj = v + j * d * W;
-            float *dkj = dk + j * d * W, *dvj = dv_ + j * d * W;
+            float *dvj = dv_ + j * d * W, *dkj = dk + j * d * W;
             vf p = vexp(score(qi, kj, d) + bias[j] - li), pk = p * keep[j], dp = splat(0.0f);
 #pragma GCC unroll 64
             for (long c = 0; c < d; c++) {
                 dp += gi[c] * ld(vj + c * W);
                 st(dvj + c * W, ld(dvj + c * W) + pk * gi[c]);
             }
-            vf ds = p * (keep[j] * dp - rowdot);
-#pragma GCC unroll 64
-            for (long c = 0; c < d; c++) {
-                dqi[c] += ds * ld(kj + c * W);
-                st(dkj + c * W, ld(dkj + c * W) + ds * qi[c]);
-            }
+            score_grad(p * (keep[j] * dp - rowdot), qi, kj, dqi, dkj, d);
         }
-#pragma GCC unroll 64
-        for (long c = 0; c < d; c++) st(dq + (i * d + c) * W, dqi[c]);
+        store_row(dq, i, dqi, d);
     }
 }
 

@@ -49,12 +49,7 @@ static inline __attribute__((always_inline)) void bwd_keys(
         vf de = g[dv];
 #pragma GCC unroll 64
         for (long c = 0; c < dv; c++) de += g[c] * ld(vj + c * W);
-        vf ds = de * e;
-#pragma GCC unroll 64
-        for (long c = 0; c < d; c++) {
-            dqi[c] += ds * ld(kj + c * W);
-            st(dkj + c * W, ld(dkj + c * W) + ds * qi[c]);
-        }
+        score_grad(de * e, qi, kj, dqi, dkj, d);
 #pragma GCC unroll 64
         for (long c = 0; c < dv; c++) st(dvj + c * W, ld(dvj + c * W) + e * g[c]);
     }
@@ -104,6 +99,14 @@ static Shape shape_of(long B, long H, long d, const long *lens) {
 static void qkv_strides(const Shape *sh, long *st4) {
     long e = sh->p.H * sh->p.d;
     st4[0] = sh->L * 3 * e; st4[1] = sh->p.d; st4[2] = 3 * e; st4[3] = 1;
+}
+
+/* A lane block's q (times scale), k and v from qkv into three (L, d, W) planes at x. */
+static void pack_qkv(const float *qkv, const Shape *sh, float scale, float *x, long b) {
+    long st4[4], e = sh->p.H * sh->p.d, plane = sh->L * sh->p.d * W;
+    qkv_strides(sh, st4);
+    for (int part = 0; part < 3; part++)
+        pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh->p, sh->L, b);
 }
 
 /* Where each real lane's rows start in the output: modality m's rows are one (B, L_m, 4, H, d)
@@ -240,10 +243,9 @@ int mca_lanes(void) { return W; }
 int mca_forward(const float *qkv, float *out, float *terms, const long *lens, const int *masks,
                 long B, long H, long d, float scale, long b0, long b1) {
     Shape sh = shape_of(B, H, d, lens);
-    long st4[4], e = H * d, longest = 1, plane = sh.L * d * W;
+    long longest = 1, plane = sh.L * d * W;
     int err = d < 1 || d > MAXD;
     for (int m = 0; m < 3; m++) longest = lens[m] > longest ? lens[m] : longest;
-    qkv_strides(&sh, st4);
 #pragma omp parallel if (!err) reduction(| : err)
     {
         float *x = scratch(&sh, 3, longest);
@@ -251,8 +253,7 @@ int mca_forward(const float *qkv, float *out, float *terms, const long *lens, co
 #pragma omp for schedule(static)
         for (long b = b0; b < b1; b++) {
             if (!x) continue;
-            for (int part = 0; part < 3; part++)
-                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh.p, sh.L, b);
+            pack_qkv(qkv, &sh, scale, x, b);
             float *tb = terms ? terms + b * sh.L * 3 * (d + 2) * W : NULL;
             vf *s = (vf *)(x + 3 * plane);
             if (d == 4) fwd_4(x, x + plane, x + 2 * plane, out, tb, &sh, b, masks, s);
@@ -279,8 +280,7 @@ int mca_backward(const float *qkv, const float *terms, const float *gout, float 
 #pragma omp for schedule(static)
         for (long b = b0; b < b1; b++) {
             if (!x) continue;
-            for (int part = 0; part < 3; part++)
-                pack(qkv + part * e, st4, part == 0 ? scale : 1.0f, x + part * plane, &sh.p, sh.L, b);
+            pack_qkv(qkv, &sh, scale, x, b);
             float *dq = x + 3 * plane, *dk = x + 4 * plane, *dv_ = x + 5 * plane;
             memset(dk, 0, sizeof(float) * 2 * (size_t)plane);
             const float *tb = terms + b * sh.L * 3 * (d + 2) * W;
@@ -332,16 +332,9 @@ static inline __attribute__((always_inline)) void kl_block(
         for (long j = 0; j < L; j++) {
             vf pt = et[j] * inv_t, ps = es[j] * inv_s, ds = ps - pt;
             acc += pt * ((tt[j] - lse_t) - (ss[j] - lse_s));
-            const float *kj = ks + j * d * W;
-            float *dkj = dk + j * d * W;
-#pragma GCC unroll 64
-            for (long c = 0; c < d; c++) {
-                dqi[c] += ds * ld(kj + c * W);
-                st(dkj + c * W, ld(dkj + c * W) + ds * qsi[c]);
-            }
+            score_grad(ds, qsi, ks + j * d * W, dqi, dk + j * d * W, d);
         }
-#pragma GCC unroll 64
-        for (long c = 0; c < d; c++) st(dq + (i * d + c) * W, dqi[c]);
+        store_row(dq, i, dqi, d);
         float part[W];
         memcpy(part, &acc, sizeof part);
         for (int l = 0; l < W; l++)

@@ -510,25 +510,32 @@ def test_fixed_seed_mult_training_is_the_same_without_causal_chunks(monkeypatch)
     _assert_same_training(fast, _short_mult_training())
 
 
-def test_lnln_extractor_first_tokens_equal_the_full_last_layer():
-    """`TokenTransformer(first=k)`: the first k outputs and every gradient as with the whole
-    last layer computed and sliced (padded keys masked)."""
+def _lnln_first_tokens_against_the_full_layer(lengths: list[int], weight: str):
+    """`TokenTransformer(first=3)` and the whole encoder sliced: [outputs, d/dx, d/d weight]."""
     from baselines.lnln import TokenTransformer
 
     torch.manual_seed(0)
     enc = TokenTransformer(20, 3, 16, 2, 2, 8, 16)
     x = torch.randn(4, 20, 16, requires_grad=True)
-    valid = torch.arange(20)[None] < torch.tensor([20, 7, 1, 13])[:, None]
+    valid = torch.arange(20)[None] < torch.tensor(lengths)[:, None]
     outs = []
     for fn in (lambda: enc(x, valid, first=3), lambda: enc(x, valid)[:, :3]):
         x.grad = None
         enc.zero_grad()
         out = fn()
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outs.append([out.detach(), x.grad.clone(), enc.layers[0].attn.to_q.weight.grad.clone()])
-    assert outs[0][0].shape == (4, 3, 16)
+        grad = getattr(enc.layers[0].attn, weight).weight.grad
+        outs.append([out.detach(), x.grad.clone(), grad.clone()])
     for new, ref in zip(*outs, strict=True):
         torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+    return outs[0]
+
+
+def test_lnln_extractor_first_tokens_equal_the_full_last_layer():
+    """`TokenTransformer(first=k)`: the first k outputs and every gradient as with the whole
+    last layer computed and sliced (padded keys masked)."""
+    out, *_ = _lnln_first_tokens_against_the_full_layer([20, 7, 1, 13], "to_q")
+    assert out.shape == (4, 3, 16)
 
 
 def test_fixed_seed_lnln_training_is_the_same_with_the_full_extractor_layer(monkeypatch):
@@ -560,22 +567,8 @@ def test_fixed_seed_mult_training_is_the_same_with_the_full_final_layer(monkeypa
 def test_lnln_extractor_without_the_batch_padding_tail_equals_the_full_sequence():
     """Steps that are padding in every sample of the batch are dropped before the extractor
     (`baselines.lnln._drop_padding_tail`): the kept tokens and every gradient are the same."""
-    from baselines.lnln import TokenTransformer
-
-    torch.manual_seed(0)
-    enc = TokenTransformer(20, 3, 16, 2, 2, 8, 16)
-    x = torch.randn(4, 20, 16, requires_grad=True)
-    valid = torch.arange(20)[None] < torch.tensor([9, 7, 0, 13])[:, None]  # steps 13.. are tail
-    outs = []
-    for fn in (lambda: enc(x, valid, first=3), lambda: enc(x, valid)[:, :3]):
-        x.grad = None
-        enc.zero_grad()
-        out = fn()
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outs.append([out.detach(), x.grad.clone(), enc.layers[0].attn.to_k.weight.grad.clone()])
-    assert torch.count_nonzero(outs[0][1][:, 13:]) == 0
-    for new, ref in zip(*outs, strict=True):
-        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+    _, dx, _ = _lnln_first_tokens_against_the_full_layer([9, 7, 0, 13], "to_k")  # 13.. is tail
+    assert torch.count_nonzero(dx[:, 13:]) == 0
 
 
 def test_fixed_seed_emt_dlfr_training_is_the_same_with_the_whole_padding_tail(monkeypatch):

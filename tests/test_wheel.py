@@ -1,6 +1,7 @@
 """The suite as an installed tool: a wheel built from the repository, installed into a fresh
 virtual environment, runs the main job from a directory with no checkout, finds the shipped
-`mosi` split, and `split build` writes nothing inside the installed package (`tox -e slow`)."""
+`mosi` split, compiles its C kernels into the user's cache, and `split build` writes nothing
+inside the installed package (`tox -e slow`)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ def test_wheel_installs_and_runs_without_a_checkout(tmp_path):
     _sh([*cli, "run", "--model", "lf_dnn", "--scenario", "rmfm-ood", "--scale", "0.1",
          "--epochs", "1"], work, env)
     assert list((work / "local-results" / "runs").glob("lf_dnn__synth-mosi__*.json"))
+    # the shipped C sources compile from the installed package into the user's cache
+    p = _sh([*cli, "run", "--model", "cider", "--scenario", "rmfm-ood", "--scale", "0.1",
+             "--epochs", "1"], work, env)
+    assert "not compiled" not in p.stderr
+    assert list((tmp_path / "cache" / "native").glob("kernels-*.so"))
     label_csv = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"
     if label_csv.is_file():  # the shipped `mosi` split is found by the installed package
         p = _sh([*cli, "split", "check", "--dataset", "mosi", "--task", "binary",

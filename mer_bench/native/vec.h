@@ -59,6 +59,22 @@ static inline __attribute__((always_inline)) vf score(const vf *qi, const float 
     return a;
 }
 
+/* A score's gradient ds for (q_i, k_j): into d/dq_i (registers) and d/dk_j (memory). */
+static inline __attribute__((always_inline)) void score_grad(vf ds, const vf *qi, const float *kj,
+                                                             vf *dqi, float *dkj, long d) {
+#pragma GCC unroll 64
+    for (long c = 0; c < d; c++) {
+        dqi[c] += ds * ld(kj + c * W);
+        st(dkj + c * W, ld(dkj + c * W) + ds * qi[c]);
+    }
+}
+
+/* Row i of a (L, d, W) array <- the row's d vectors. */
+static inline __attribute__((always_inline)) void store_row(float *x, long i, const vf *row, long d) {
+#pragma GCC unroll 64
+    for (long c = 0; c < d; c++) st(x + (i * d + c) * W, row[c]);
+}
+
 /* (sample, head) pairs: B samples of H heads of width d; lane l of block b is pair b * W + l. */
 typedef struct {
     long B, H, d;
