@@ -19,19 +19,17 @@ import torch
 from mer_bench import native
 
 SOURCE = Path(__file__).with_name("kernels.c")
-LANES = 16
 NARROW = 16  # widest head sent to the kernel: wider heads have well-shaped GEMMs (sdpa)
 _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+_HEAD = [_P] * 7 + [_I, _F]  # q, k, v, strides, mask, mask strides, draws, keep_from, c
+SIGNATURES = {
+    "attn_forward": _HEAD + [_P] * 2 + [_L] * 5 + [_F] + [_L] * 2,
+    "attn_backward": _HEAD + [_P] * 7 + [_L] * 5 + [_F] + [_L] * 2,
+}
 
 
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(SOURCE)
-    if lib is not None and not getattr(lib, "_typed", False):
-        head = [_P] * 7 + [_I, _F]
-        lib.attn_forward.argtypes = head + [_P] * 2 + [_L] * 5 + [_F] + [_L] * 2
-        lib.attn_backward.argtypes = head + [_P] * 7 + [_L] * 5 + [_F] + [_L] * 2
-        lib._typed = True
-    return lib
+    return native.load(SOURCE, SIGNATURES)
 
 
 def usable(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -42,26 +40,22 @@ def usable(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> bool:
             and (mask is None or mask.dtype == torch.bool) and _library() is not None)
 
 
-def _strides(*tensors: torch.Tensor) -> ctypes.Array:
-    return (ctypes.c_long * (4 * len(tensors)))(*(s for t in tensors for s in t.stride()))
-
-
 class _Call:
     """The C arguments shared by forward and backward (kept alive with the graph)."""
 
     def __init__(self, q, k, v, mask, draws, keep_from: int, p: float) -> None:
         b, h, len_q, d = q.shape
-        self.st = _strides(q, k, v)
+        self.st = native.strides(q, k, v)
         if mask is not None:
             mask = mask.expand(b, h, len_q, k.shape[2])
-            self.mst = _strides(mask)
+            self.mst = native.strides(mask)
         self.mask, self.draws = mask, draws
         self.head = (q.data_ptr(), k.data_ptr(), v.data_ptr(), ctypes.addressof(self.st),
                      0 if mask is None else mask.data_ptr(),
                      0 if mask is None else ctypes.addressof(self.mst),
                      0 if draws is None else draws.data_ptr(), keep_from, 1.0 / (1.0 - p))
         self.shape = (b, h, len_q, k.shape[2], d, d ** -0.5)
-        self.blocks = -(-b * h // LANES)
+        self.blocks = native.lane_blocks(b, h)
 
 
 class _Attention(torch.autograd.Function):
@@ -70,7 +64,7 @@ class _Attention(torch.autograd.Function):
         call = _Call(q, k, v, mask, draws, keep_from, p)
         b, h, len_q, _, d, _ = call.shape
         out = q.new_empty(b, h, len_q, d)
-        lse = q.new_empty(call.blocks * len_q * LANES)
+        lse = q.new_empty(call.blocks * len_q * native.LANES)
         native.run_split(_library(), "attn_forward",
                          (*call.head, out.data_ptr(), lse.data_ptr(), *call.shape), call.blocks)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -82,7 +76,7 @@ class _Attention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         call = ctx.call
         dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype) for t in (q, k, v))
-        gst = _strides(g)
+        gst = native.strides(g)
         native.run_split(_library(), "attn_backward", (
             *call.head, out.data_ptr(), lse.data_ptr(), g.data_ptr(), ctypes.addressof(gst),
             dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), *call.shape), call.blocks)

@@ -232,8 +232,6 @@ static float *scratch(const Shape *sh, int count, long row_vectors) {
     return aligned_alloc(sizeof(vf), (n + sizeof(vf) - 1) / sizeof(vf) * sizeof(vf));
 }
 
-int mca_lanes(void) { return W; }
-
 
 /* MCA forward over lane blocks [b0, b1). qkv: (B, L, 3 E) contiguous, E = H d, q scaled by
  * `scale` here; masks[4 m + slot]: the key modalities (bits) of the slot-th branch containing

@@ -24,21 +24,19 @@ import torch
 from mer_bench import native
 
 SOURCE = Path(__file__).with_name("kernels.c")
-LANES = 16  # (sample, head) pairs per vector in the kernel (W in the C source)
 MAX_WIDTH = 64  # widest head the kernel takes (MAXD)
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+SIGNATURES = {
+    "mca_forward": [_P] * 5 + [_L] * 3 + [_F] + [_L] * 2,
+    "mca_backward": [_P] * 6 + [_L] * 3 + [_F] + [_L] * 2,
+    "attn_kl": [_P] * 8 + [_L] * 6,
+    "relu_dropout_forward": [_P, _P, _F, _P, _L, _L],
+    "relu_dropout_backward": [_P, _P, _F, _P, _L, _L],
+}
 
 
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(SOURCE)
-    if lib is not None and not getattr(lib, "_typed", False):
-        lib.mca_forward.argtypes = [_P] * 5 + [_L] * 3 + [_F] + [_L] * 2
-        lib.mca_backward.argtypes = [_P] * 6 + [_L] * 3 + [_F] + [_L] * 2
-        lib.attn_kl.argtypes = [_P] * 8 + [_L] * 6
-        lib.relu_dropout_forward.argtypes = [_P, _P, _F, _P, _L, _L]
-        lib.relu_dropout_backward.argtypes = [_P, _P, _F, _P, _L, _L]
-        lib._typed = True
-    return lib
+    return native.load(SOURCE, SIGNATURES)
 
 
 def usable(x: torch.Tensor, head_width: int) -> bool:
@@ -48,10 +46,6 @@ def usable(x: torch.Tensor, head_width: int) -> bool:
             and _library() is not None)
 
 
-def _blocks(batch: int, heads: int) -> int:
-    return -(-batch * heads // LANES)
-
-
 class _Shape:
     """One MCA call's C arguments: lengths and branch key masks (kept alive with the graph)."""
 
@@ -59,7 +53,7 @@ class _Shape:
                  scale: float) -> None:
         self.lens_c = (ctypes.c_long * 3)(*lens)
         self.masks_c = (ctypes.c_int * 12)(*masks)
-        self.lens, self.heads, self.scale = lens, heads, scale
+        self.heads, self.scale = heads, scale
 
     def args(self, batch: int, width: int) -> tuple:
         return (ctypes.addressof(self.lens_c), ctypes.addressof(self.masks_c), batch, self.heads,
@@ -74,10 +68,10 @@ class _MCA(torch.autograd.Function):
     def forward(ctx: Any, qkv: torch.Tensor, shape: _Shape) -> torch.Tensor:
         batch, length, e3 = qkv.shape
         width = e3 // 3 // shape.heads
-        blocks = _blocks(batch, shape.heads)
+        blocks = native.lane_blocks(batch, shape.heads)
         out = qkv.new_empty(batch * length * 4 * (e3 // 3))
         keep = ctx.needs_input_grad[0]
-        terms = qkv.new_empty(blocks * length * 3 * (width + 2) * LANES) if keep else None
+        terms = qkv.new_empty(blocks * length * 3 * (width + 2) * native.LANES) if keep else None
         args = (qkv.data_ptr(), out.data_ptr(), 0 if terms is None else terms.data_ptr(),
                 *shape.args(batch, width))
         native.run_split(_library(), "mca_forward", args, blocks)
@@ -95,7 +89,7 @@ class _MCA(torch.autograd.Function):
         dqkv = torch.empty_like(qkv)
         args = (qkv.data_ptr(), terms.data_ptr(), gout.data_ptr(), dqkv.data_ptr(),
                 *ctx.shape.args(batch, width))
-        native.run_split(_library(), "mca_backward", args, _blocks(batch, ctx.shape.heads))
+        native.run_split(_library(), "mca_backward", args, native.lane_blocks(batch, ctx.shape.heads))
         return dqkv, None
 
 
@@ -113,10 +107,6 @@ def branch_outputs(
     return [part.view(batch, n, 4 * (e3 // 3)) for part, n in zip(flat.split(sizes), lens)]
 
 
-def _strides(*tensors: torch.Tensor) -> ctypes.Array:
-    return (ctypes.c_long * 16)(*(s for t in tensors for s in t.stride()))
-
-
 class _AttnKL(torch.autograd.Function):
     """The sum over rows of KL(softmax(S_t) || softmax(S_s)) for S = q k^T (B, H, L, L) given
     as factors; the forward forms the student's gradient too, the backward scales it."""
@@ -125,11 +115,11 @@ class _AttnKL(torch.autograd.Function):
     def forward(ctx: Any, qs: torch.Tensor, ks: torch.Tensor, qt: torch.Tensor,
                 kt: torch.Tensor) -> torch.Tensor:
         batch, heads, length, width = qs.shape
-        blocks = _blocks(batch, heads)
+        blocks = native.lane_blocks(batch, heads)
         gq = qs.new_empty(qs.shape)
         gk = qs.new_empty(qs.shape)
         parts = torch.empty(blocks, dtype=torch.float64)
-        strides = _strides(qs, ks, qt, kt)
+        strides = native.strides(qs, ks, qt, kt)
         args = (qs.data_ptr(), ks.data_ptr(), qt.data_ptr(), kt.data_ptr(),
                 ctypes.addressof(strides), gq.data_ptr(), gk.data_ptr(), parts.data_ptr(),
                 batch, heads, length, width)

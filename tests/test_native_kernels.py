@@ -108,15 +108,15 @@ def test_fixed_seed_cider_training_is_the_same_with_and_without_kernels(monkeypa
 def test_build_is_cached_and_falls_back_without_a_compiler(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MER_BENCH_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_loaded", {})
-    assert native.load(kernels.SOURCE) is not None
+    assert native.load(kernels.SOURCE, kernels.SIGNATURES) is not None
     built = list((tmp_path / "native").glob("kernels-*.so"))
     assert len(built) == 1  # compiled once, atomically (no temporary left behind)
     monkeypatch.setattr(native, "_loaded", {})
     stamp = built[0].stat().st_mtime_ns
-    assert native.load(kernels.SOURCE) is not None and built[0].stat().st_mtime_ns == stamp
+    assert native.load(kernels.SOURCE, kernels.SIGNATURES) is not None and built[0].stat().st_mtime_ns == stamp
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    assert native.load(kernels.SOURCE) is None
+    assert native.load(kernels.SOURCE, kernels.SIGNATURES) is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no C compiler" in err and "PyTorch path" in err
     # and CIDer still runs, on the PyTorch path

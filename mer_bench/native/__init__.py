@@ -37,8 +37,19 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-f
          f"-I{HEADERS}")
 LIBS = ("-lm",)
 OPENMP = ("-fopenmp",)
+LANES = 16  # (sample, head) pairs per vector in the kernels (W in vec.h)
 _loaded: dict[Path, ctypes.CDLL | None] = {}
 _pool: ThreadPoolExecutor | None = None
+
+
+def lane_blocks(batch: int, heads: int) -> int:
+    """How many blocks of LANES (sample, head) pairs cover batch x heads."""
+    return -(-batch * heads // LANES)
+
+
+def strides(*tensors: torch.Tensor) -> ctypes.Array:
+    """The tensors' strides, one after the other, as a C long array."""
+    return (ctypes.c_long * sum(t.dim() for t in tensors))(*(s for t in tensors for s in t.stride()))
 
 
 def enabled() -> bool:
@@ -89,9 +100,10 @@ def _build(source: Path, cc: str) -> Path:
     return target
 
 
-def load(source: Path) -> ctypes.CDLL | None:
-    """The compiled library of a C source, or None (disabled, no compiler, compile error: one
-    line on stderr says so, once per process)."""
+def load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
+    """The compiled library of a C source with its functions' argument types set from
+    `signatures`, or None (disabled, no compiler, compile error: one line on stderr says so,
+    once per process)."""
     if not enabled():
         return None
     if source not in _loaded:
@@ -101,6 +113,8 @@ def load(source: Path) -> ctypes.CDLL | None:
             if cc is None:
                 raise OSError("no C compiler (cc, gcc or clang) on PATH")
             lib = ctypes.CDLL(str(_build(source, cc)))
+            for name, argtypes in signatures.items():
+                getattr(lib, name).argtypes = argtypes
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or str(exc)
             print(f"mer-bench: {source.name} not compiled ({detail.strip().splitlines()[-1]}); "
